@@ -1,0 +1,28 @@
+"""``python -m harness method=M task=T backbone=B``: one run (or a sweep with ``-m``)."""
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from harness.errors import HarnessError
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from harness.runner import run_experiment
+
+    try:
+        outcome = run_experiment(cfg)
+    except (HarnessError, ValueError, TypeError, FileNotFoundError) as exc:
+        # Bad input: one line that names the problem, a non-zero exit, no stack trace.
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    primary = outcome.metrics.get("overall", {})
+    summary = ", ".join(f"{k}={v['mean']:.4f}" for k, v in primary.items())
+    print(f"[harness] {outcome.status}: {outcome.path} {summary}")
+
+
+if __name__ == "__main__":
+    main()

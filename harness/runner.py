@@ -1,0 +1,157 @@
+"""One run: compose -> record path -> skip/resume -> episodes -> ingest once -> answer in batches."""
+from __future__ import annotations
+
+import random
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from harness.backbone import Backbone, load_backbone
+from harness.records import RunRecord, config_hash, git_revision, package_versions, record_dir
+from harness.types import SampleRecord
+
+# Keys that change where/how a run is displayed but never what it computes.
+_NON_SEMANTIC = ("run",)
+
+
+@dataclass
+class RunOutcome:
+    path: Path
+    status: str  # "complete" | "skipped"
+    metrics: dict[str, Any]
+
+
+def semantic_config(cfg: DictConfig) -> dict[str, Any]:
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in _NON_SEMANTIC:
+        data.pop(key, None)
+    return data
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % (2**32))
+    except ImportError:
+        pass
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="q", disable=not enabled, dynamic_ncols=True,
+                file=sys.stderr)
+
+
+def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_backbone) -> RunOutcome:
+    from hydra.utils import instantiate
+
+    seed = int(cfg.seed)
+    if cfg.run.get("threads"):
+        torch.set_num_threads(int(cfg.run.threads))
+    task = instantiate(cfg.task, _convert_="all")
+    episodes = task.episodes(seed)
+    names = {"task": str(cfg.task.name), "method": str(cfg.method.name), "backbone": str(cfg.backbone.name)}
+    semantic = semantic_config(cfg)
+    chash = config_hash(semantic)
+    record = RunRecord(record_dir(cfg.run.results_dir, seed=seed, chash=chash, **names))
+    if record.is_complete() and not cfg.run.get("force", False):
+        print(f"[harness] skip: {record.path} is complete", file=sys.stderr)
+        return RunOutcome(record.path, "skipped", record.header().get("metrics", {}))
+
+    done = record.samples(repair=True)
+    resumed_from = len(done)
+    expected = [q.id for e in episodes for q in e.queries]
+    stale = set(done) - set(expected)
+    if stale:
+        # Same config hash but other ids: the data changed under the record. Refuse to mix.
+        raise RuntimeError(f"{record.path}: {len(stale)} finished samples are not in the current data "
+                           f"(e.g. {sorted(stale)[:3]}); move the record away to rerun")
+    previous = record.header() or {}
+    sessions = list(previous.get("timings", {}).get("sessions", []))
+    header: dict[str, Any] = {
+        "status": "running",
+        **names,
+        "seed": seed,
+        "config_hash": chash,
+        "protocol": None,
+        "config": semantic,
+        "versions": package_versions(),
+        "git": git_revision(),
+        "data": task.data_fingerprint(),
+        "n_samples_expected": len(expected),
+        "timings": {"sessions": sessions},
+        "created": previous.get("created", time.strftime("%Y-%m-%dT%H:%M:%S")),
+    }
+    record.write_header(header)
+    started = time.time()
+    try:
+        seed_everything(seed)
+        backbone = load(cfg.backbone)
+        load_s = time.time() - started
+        method = instantiate(cfg.method, _convert_="all")
+        method.setup(backbone, task, seed=seed)
+        header["protocol"] = method.protocol
+        header["method"] = names["method"]
+        header["method_info"] = method.describe()
+        header["task_info"] = task.describe()
+        header["backbone_info"] = backbone.describe()
+        record.write_header(header)
+        bar = _progress(len(expected), len(done), f"{names['task']}/{names['method']}", bool(cfg.run.progress))
+        ingest_s = answer_s = 0.0
+        for episode in episodes:
+            pending = [q for q in episode.queries if q.id not in done]
+            if not pending:
+                continue
+            t0 = time.time()
+            ingest_info = method.ingest(episode)
+            ingest_s += time.time() - t0
+            for start in range(0, len(pending), method.batch_size):
+                batch = pending[start:start + method.batch_size]
+                t1 = time.time()
+                predictions = method.answer(episode, batch)
+                per_q = (time.time() - t1) / len(batch)
+                answer_s += time.time() - t1
+                rows = []
+                for q, pred in zip(batch, predictions):
+                    score = task.score(q, pred.text)
+                    rows.append(SampleRecord(
+                        sample_id=q.id, episode_id=episode.id, category=q.category,
+                        question=q.question if task.record_questions else None,
+                        gold=q.gold if task.record_questions else task.public_gold(q),
+                        prediction=pred.text, extracted=score.extracted, scores=score.values,
+                        prompt_tokens=pred.prompt_tokens, new_tokens=pred.new_tokens,
+                        context_tokens=pred.context_tokens, latency_s=round(per_q, 4),
+                        method_info={**pred.info, **({"ingest": ingest_info} if ingest_info else {})}))
+                record.append(rows)
+                done.update({r.sample_id: r for r in rows})
+                bar.update(len(rows))
+        bar.close()
+        method.close()
+        ordered = [done[i] for i in expected]
+        header["metrics"] = task.aggregate(ordered)
+        header["primary_metric"] = task.primary_metric
+        sessions.append({"wall_s": round(time.time() - started, 2), "load_s": round(load_s, 2),
+                         "ingest_s": round(ingest_s, 2), "answer_s": round(answer_s, 2),
+                         "samples": len(done) - resumed_from})
+        header["timings"] = {"sessions": sessions, "wall_s_total": round(sum(s["wall_s"] for s in sessions), 2)}
+        header["status"] = "complete"
+        header["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        record.write_header(header)
+        return RunOutcome(record.path, "complete", header["metrics"])
+    except BaseException as exc:
+        sessions.append({"wall_s": round(time.time() - started, 2), "error": f"{type(exc).__name__}: {exc}"})
+        header["timings"] = {"sessions": sessions}
+        header["status"] = "failed"
+        header["error"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        record.write_header(header)
+        raise
