@@ -1,0 +1,149 @@
+"""The δ-mem parameters of one attention layer and the computation from hidden states to reads.
+
+Parameter names follow the reference (deltamem.md §3.1, §8) so the official adapter maps one to one.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.deltamem.config import DeltaMemConfig
+from methods.deltamem.scan import read_state, scan, segment_means, unit
+from methods.deltamem.state import OnlineState
+
+HEADS = ("q", "k", "v", "o")
+
+
+class DeltaMemLayer(nn.Module):
+    """Memory projections, gates and correction heads for one wrapped attention module."""
+
+    def __init__(self, config: DeltaMemConfig, layer_id: int, *, d_model: int, out_features: dict[str, int],
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        R = config.read_dim
+        self.config = config
+        self.layer_id = layer_id
+        self.memory_q_proj = nn.Parameter(torch.empty(R, d_model, **kw))
+        self.memory_k_proj = nn.Parameter(torch.empty(R, d_model, **kw))
+        self.memory_v_proj = nn.Parameter(torch.empty(R, d_model, **kw))
+        self.beta_proj = nn.Parameter(torch.empty(R, d_model, **kw))  # rank-wise gates: one per state row
+        self.beta_bias = nn.Parameter(torch.empty(R, **kw))
+        for head in HEADS:
+            setattr(self, f"delta_{head}_proj", nn.Parameter(torch.empty(out_features[head], R, **kw)))
+        self._state: OnlineState | None = None
+        self._cached_input: torch.Tensor | None = None
+        self._cached_reads: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def reset_parameters(self, base_weights: dict[str, torch.Tensor]) -> None:
+        """deltamem.md §3.1/§3.5. ``base_weights`` maps q/k/v/o to the base projection weights."""
+        cfg = self.config
+        for w in (self.memory_q_proj, self.memory_k_proj, self.memory_v_proj):
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        nn.init.zeros_(self.beta_proj)
+        nn.init.constant_(self.beta_bias, cfg.beta_bias_init)
+        for head in HEADS:
+            w = getattr(self, f"delta_{head}_proj")
+            w.zero_()
+            if head not in cfg.delta_heads or cfg.output_init == "zero":
+                continue
+            if cfg.output_init == "random":
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+                w.mul_(cfg.online_gain)
+                continue
+            base = base_weights[head]
+            limit = cfg.base_slice_ref_width if cfg.output_init == "base_slice_fixed" else cfg.rank
+            width = min(limit, w.shape[1], base.shape[1])
+            cols = base[:, :width].float()
+            cols = cols / cols.norm(dim=0, keepdim=True).clamp_min(1e-12)
+            w[:, :width] = (cfg.online_gain * cols).to(w.dtype)
+
+    def trainable_names(self) -> tuple[str, ...]:
+        active = tuple(f"delta_{h}_proj" for h in HEADS if h in self.config.delta_heads)
+        return ("memory_q_proj", "memory_k_proj", "memory_v_proj", "beta_proj", "beta_bias", *active)
+
+    # ------------------------------------------------------------------ runtime
+    def bind(self, state: OnlineState | None) -> None:
+        self._state = state
+        self.clear()
+
+    def clear(self) -> None:
+        self._cached_input = None
+        self._cached_reads = None
+
+    def reads_for(self, h: torch.Tensor) -> torch.Tensor:
+        """Reads ``[B, T, R]`` for the attention input ``h``; computed once per call and shared by q/k/v."""
+        if self._cached_input is not h:
+            self._cached_reads = self._compute_reads(h)
+            self._cached_input = h
+        assert self._cached_reads is not None
+        return self._cached_reads
+
+    def take_reads(self) -> torch.Tensor:
+        """The reads of the current call, for the o_proj correction (which comes last)."""
+        if self._cached_reads is None:
+            raise RuntimeError(f"δ-mem layer {self.layer_id}: o_proj ran before q_proj in this attention call; "
+                               "this architecture calls its projections in an unsupported order")
+        reads = self._cached_reads
+        self.clear()
+        return reads
+
+    def _features(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pre-activations ``[B, T, 4R]`` → folded q, k, v, β of shape ``[B·H, T, r]`` in fp32."""
+        cfg = self.config
+        b, t, _ = pre.shape
+        h, r = cfg.num_state_heads, cfg.rank
+        pre = pre.float().view(b, t, 4, h, r)
+        qk = unit(torch.tanh(pre[:, :, :2]))  # tanh + L2 per state head
+        beta = torch.sigmoid(pre[:, :, 3] + self.beta_bias.float().view(h, r))
+
+        def fold(x: torch.Tensor) -> torch.Tensor:  # [B, T, H, r] -> [B*H, T, r]
+            return x.transpose(1, 2).reshape(b * h, t, r) if h > 1 else x.view(b, t, r)
+
+        return fold(qk[:, :, 0]), fold(qk[:, :, 1]), fold(pre[:, :, 2]), fold(beta)
+
+    def _packed_weight(self) -> torch.Tensor:
+        return torch.cat([self.memory_q_proj, self.memory_k_proj, self.memory_v_proj, self.beta_proj], 0)
+
+    def _compute_reads(self, hidden: torch.Tensor) -> torch.Tensor:
+        st = self._state
+        if st is None:
+            raise RuntimeError("δ-mem layer used while detached")
+        cfg = self.config
+        if hidden.dim() != 3:
+            raise ValueError(f"δ-mem expects attention inputs [B, T, d], got {tuple(hidden.shape)}")
+        b, t, _ = hidden.shape
+        h, r = cfg.num_state_heads, cfg.rank
+        valid = st.validity(b, t)
+        pre = F.linear(hidden, self._packed_weight())
+        q, k, v, beta = self._features(pre)
+        s = st.get(self.layer_id, b, hidden.device).reshape(b * h, r, r)
+        valid_n = valid.repeat_interleave(h, 0) if (valid is not None and h > 1) else valid
+        if not st.write_enabled:
+            reads = read_state(q, state=s, valid=valid_n)
+        elif cfg.write_granularity != "token" and st.call_segment_ids is not None:
+            reads = read_state(q, state=s, valid=valid_n)
+            means, present = segment_means(pre, st.call_segment_ids, valid)
+            if means.shape[1] > 0:
+                _, sk, sv, sbeta = self._features(means)
+                present_n = present.repeat_interleave(h, 0) if h > 1 else present
+                _, s_new = scan(torch.zeros_like(sk), sk, sv, sbeta, state=s, valid=present_n, impl=cfg.scan_impl)
+                st.put(self.layer_id, s_new.view(st._shape(b)))
+        else:
+            reads, s_new = scan(q, k, v, beta, state=s, valid=valid_n, impl=cfg.scan_impl)
+            st.put(self.layer_id, s_new.view(st._shape(b)))
+        if h > 1:
+            reads = reads.view(b, h, t, r).transpose(1, 2)
+        return reads.reshape(b, t, h * r).to(hidden.dtype)
+
+    def correction(self, head: str, out: torch.Tensor, reads: torch.Tensor) -> torch.Tensor:
+        """``out + (α/r) · W_Δhead · reads`` (one fused addmm)."""
+        w = getattr(self, f"delta_{head}_proj")
+        flat = torch.addmm(out.reshape(-1, out.shape[-1]), reads.reshape(-1, reads.shape[-1]), w.t(),
+                           alpha=self.config.scale)
+        return flat.view(out.shape)
