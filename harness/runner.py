@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness.backbone import Backbone, load_backbone
+from harness.errors import ConfigError
 from harness.records import RunRecord, config_hash, git_revision, package_versions, record_dir
 from harness.types import SampleRecord
 
@@ -52,13 +53,23 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
                 file=sys.stderr)
 
 
-def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_backbone) -> RunOutcome:
+def build(node: DictConfig, group: str):
+    """Instantiate a config group's object; a constructor's complaint becomes a one-line error."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"{group}={node.get('name')}: {cause}") from exc
+
+
+def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_backbone) -> RunOutcome:
     seed = int(cfg.seed)
     if cfg.run.get("threads"):
         torch.set_num_threads(int(cfg.run.threads))
-    task = instantiate(cfg.task, _convert_="all")
+    task = build(cfg.task, "task")
     episodes = task.episodes(seed)
     names = {"task": str(cfg.task.name), "method": str(cfg.method.name), "backbone": str(cfg.backbone.name)}
     semantic = semantic_config(cfg)
@@ -98,7 +109,7 @@ def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_ba
         seed_everything(seed)
         backbone = load(cfg.backbone)
         load_s = time.time() - started
-        method = instantiate(cfg.method, _convert_="all")
+        method = build(cfg.method, "method")
         method.setup(backbone, task, seed=seed)
         header["protocol"] = method.protocol
         header["method"] = names["method"]
