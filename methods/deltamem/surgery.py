@@ -144,7 +144,7 @@ class DeltaMem:
 
     # ------------------------------------------------------------------ hooks
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if module.training and getattr(module, "is_gradient_checkpointing", False):
+        if module.training and _checkpointing(module):
             raise RuntimeError("δ-mem is stateful: gradient checkpointing would write the memory twice; "
                                "disable it (model.gradient_checkpointing_disable())")
         bound = dict(zip(self._forward_params, args))
@@ -246,6 +246,14 @@ class DeltaMem:
     def __repr__(self) -> str:
         return (f"DeltaMem({self.config.variant}, rank={self.config.rank}, heads={self.config.num_state_heads}, "
                 f"layers={len(self._sites)}, trainable={self.num_parameters():,})")
+
+
+def _checkpointing(model: nn.Module) -> bool:
+    # transformers 5 renamed the flag; reading the old name warns on every call
+    for attr in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), attr) or attr in vars(model):
+            return bool(getattr(model, attr))
+    return False
 
 
 def _forward_parameters(model: nn.Module) -> list[str]:

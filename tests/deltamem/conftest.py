@@ -57,7 +57,7 @@ def ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max())
+    return float((a.detach().float() - b.detach().float()).abs().max())
 
 
 def states(dm) -> dict[int, torch.Tensor]:
