@@ -22,7 +22,8 @@ _JOIN_MARGIN = 8
 
 def context_budget(backbone: Backbone, task: Task, queries: Sequence[Query]) -> int:
     overhead = max(len(backbone.chat_ids(task.prompt_messages(q, ""))) for q in queries)
-    return backbone.window - task.generation.max_new_tokens - overhead - _JOIN_MARGIN
+    reserve = max(task.generation_for(q).max_new_tokens for q in queries)
+    return backbone.window - reserve - overhead - _JOIN_MARGIN
 
 
 def render_episode_context(backbone: Backbone, task: Task, episode: Episode) -> RenderedContext:
@@ -58,7 +59,7 @@ def build_episode_prompts(backbone: Backbone, task: Task, episode: Episode, cont
 def answer_batch(backbone: Backbone, task: Task, prompts: EpisodePrompts, queries: Sequence[Query], seed: int,
                  *, settings: GenerationSettings | None = None, hooks: Sequence[BatchHooks] = (),
                  context_tokens: int = 0) -> list[Prediction]:
-    settings = settings or task.generation
+    settings = settings or task.generation_for(queries[0])
     p = prompts.prefix.length if prompts.prefix else 0
     full = [prompts.ids[q.id] for q in queries]
     gens = generate_batch(backbone.model, [f[p:] for f in full], settings, stop_ids=backbone.stop_ids,

@@ -151,6 +151,12 @@ class Task(ABC):
         """A context block made of selected units (used by retrieval methods)."""
         return "\n\n".join(u.text for u in units)
 
+    def generation_for(self, query: Query) -> GenerationSettings:
+        """Generation settings of one query. Tasks whose settings depend on the data
+        (MemoryAgentBench's per-source answer lengths) override this; the queries of one
+        episode must share one setting, since methods decode an episode's batches together."""
+        return self.generation
+
     def query_seed(self, query: Query, seed: int) -> int:
         """Seed of a sampled answer; tasks with a reference seeding rule override it."""
         return seed + int(query.metadata.get("seed_index", 0)) + self.seed_offset

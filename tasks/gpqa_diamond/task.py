@@ -1,0 +1,238 @@
+"""GPQA-Diamond: 198 graduate-level multiple-choice questions (Rein et al., 2023).
+
+Data: ``gpqa_diamond.csv`` read from the password-protected ``dataset.zip`` as distributed,
+decrypted in memory only. The authors ask that the questions never appear in plain text
+online, so ``record_questions`` is False: records keep the record id, the shuffled gold
+letter, the model output and the extracted letter, never the question or option texts.
+
+Protocols (``task.protocol``):
+
+* ``generative`` (default, the δ-mem reference suite): options shuffled per question by
+  ``random.Random(int(md5(f"{record_id}:{seed}")[:8], 16))`` over [correct, incorrect 1-3],
+  labelled A-D; a JSON-answer prompt; greedy decoding; the letter is extracted by a
+  cascade of patterns (see :func:`extract_letter`); accuracy.
+* ``loglik_mc``: lm-eval's ``gpqa_diamond_zeroshot`` prompt scored by the log-likelihood of
+  " (A)" … " (D)" after it (acc; acc_norm is identical because the four continuations have
+  the same byte length). Methods only generate text, so this protocol runs through the
+  method-independent helper ``python -m tasks.gpqa_diamond.loglik`` (see that module); a
+  text-generating method given this protocol is refused at scoring time. Options use the
+  same md5-seeded order (lm-eval shuffles with the unseeded global ``random``).
+
+The shuffle seed is the run seed unless ``task.shuffle_seed`` fixes it.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import random
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from harness.errors import DataError
+from harness.types import Episode, Query, Score
+from tasks.base import Task, data_root
+from tasks.qa_metrics import fill_template
+
+DEFAULT_ZIP = Path("gpqa") / "dataset.zip"
+MEMBER = "dataset/gpqa_diamond.csv"
+LETTERS = "ABCD"
+PROTOCOLS = ("generative", "loglik_mc")
+EPISODE_ID = "gpqa_diamond"
+REQUIRED = ("Record ID", "Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2",
+            "Incorrect Answer 3", "High-level domain", "Subdomain")
+
+
+def option_order(record_id: str, seed: int) -> list[int]:
+    """The reference's deterministic shuffle of [correct, incorrect 1, 2, 3] (indices)."""
+    order = list(range(4))
+    random.Random(int(hashlib.md5(f"{record_id}:{seed}".encode()).hexdigest()[:8], 16)).shuffle(order)
+    return order
+
+
+def shuffle_options(record_id: str, seed: int, correct: str, incorrect: list[str]) -> tuple[list[str], str]:
+    """Option texts (stripped) in the shuffled order, and the gold letter."""
+    raw = [correct] + list(incorrect)
+    order = option_order(record_id, seed)
+    return [raw[i].strip() for i in order], LETTERS[order.index(0)]
+
+
+def lm_eval_preprocess(text: str | None) -> str:
+    """lm-eval's GPQA option clean-up (gpqa/zeroshot/utils.py): strip, " [title]" -> ". ", double spaces."""
+    if text is None:
+        return " "
+    return text.strip().replace(" [title]", ". ").replace("  ", " ")
+
+
+# ------------------------------------------------------------------ extraction
+_L = r"([ABCD])"
+_FAMILIES = (
+    # 1. a fenced ```json block that carries an "answer" field
+    re.compile(r"```(?:json)?\s*\{[^`]*?\"answer\"\s*:\s*\"\s*" + _L + r"\s*\"[^`]*?\}\s*```", re.I | re.S),
+    # 2. any "answer": "X"
+    re.compile(r"\"answer\"\s*:\s*\"\s*" + _L + r"\s*\"", re.I),
+    # 3. \boxed{X}
+    re.compile(r"\\boxed\{\s*(?:\\text\{)?\s*" + _L + r"\s*\}?\s*\}", re.I),
+    # 4. "final answer" / "correct answer" / "answer" + colon (ASCII or full-width) + optional bold
+    re.compile(r"(?:final answer|correct answer|answer)\s*(?:is)?\s*[:：]\s*\**\s*\(?" + _L + r"\b", re.I),
+    # 5. "final answer (is)" / "correct answer (is)" + letter
+    re.compile(r"(?:final answer|correct answer)\s*(?:is)?\s*\**\s*\(?" + _L + r"\b", re.I),
+)
+_LINE_ONLY = re.compile(r"^[\*\(\[\s]*" + _L + r"[\s\)\]\.:\*]*$", re.I)
+_LINE_START = re.compile(r"^" + _L + r"[\.\):]", re.I)
+
+
+def extract_letter(text: str) -> str:
+    """The answer letter of a free-text reply ("" when none is found).
+
+    Pattern families are tried in order; within the first family that matches, the last
+    match wins. Failing all, the first and then the last non-empty line count when they
+    are a bare letter (optionally wrapped in * ( [ and followed by ) ] . :) or start with
+    "X." / "X)" / "X:".
+    """
+    text = str(text)
+    for pattern in _FAMILIES:
+        found = pattern.findall(text)
+        if found:
+            return found[-1].upper()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for line in (lines[:1] + lines[-1:]) if lines else []:
+        m = _LINE_ONLY.match(line) or _LINE_START.match(line)
+        if m:
+            return m.group(1).upper()
+    return ""
+
+
+_LOGLIK_PREDICTION = re.compile(r"^\(([ABCD])\)$")
+
+
+# ------------------------------------------------------------------ loading
+def read_encrypted_csv(zip_path: Path, member: str, password: str) -> list[dict[str, str]]:
+    """Rows of one CSV inside the encrypted zip, decrypted in memory (nothing touches disk)."""
+    if not zip_path.is_file():
+        raise DataError(zip_path, "GPQA dataset.zip not found (set task.data_path, HARNESS_GPQA or HARNESS_DATA)")
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            if member not in z.namelist():
+                raise DataError(zip_path, f"no member {member!r}; members: {[n for n in z.namelist() if n.endswith('.csv')]}")
+            raw = z.read(member, pwd=password.encode())
+    except RuntimeError as exc:  # zipfile raises RuntimeError("Bad password for file ...")
+        raise DataError(zip_path, f"cannot decrypt {member}: {exc} (check task.password_file / HARNESS_GPQA_PASSWORD)") from exc
+    except zipfile.BadZipFile as exc:
+        raise DataError(zip_path, f"not a zip file ({exc})") from exc
+    reader = csv.DictReader(io.StringIO(raw.decode("utf-8")))
+    missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(zip_path, f"{member}: missing columns {missing}")
+    return list(reader)
+
+
+class GPQADiamondTask(Task):
+    name = "gpqa_diamond"
+    primary_metric = "accuracy"
+    record_questions = False
+
+    def __init__(self, *, data_path: str | None = None, member: str = MEMBER, password_file: str | None = None,
+                 protocol: str = "generative", shuffle_seed: int | None = None, loglik_chat_template: bool = False,
+                 prompts: dict[str, str] | None = None, **kw: Any):
+        super().__init__(**kw)
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"task.protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        prompts = dict(prompts or {})
+        missing = [k for k in ("generative", "option", "loglik", "loglik_choice") if k not in prompts]
+        if missing:
+            raise ValueError(f"task.prompts is missing {missing}")
+        if data_path:
+            self.path = Path(data_path).expanduser()
+        elif os.environ.get("HARNESS_GPQA"):
+            self.path = Path(os.environ["HARNESS_GPQA"]).expanduser()
+        else:
+            self.path = data_root() / DEFAULT_ZIP
+        self.member = member
+        self.password_file = Path(password_file).expanduser() if password_file else self.path.parent / "PASSWORD"
+        self.protocol, self.shuffle_seed, self.prompts = protocol, shuffle_seed, prompts
+        self.loglik_chat_template = bool(loglik_chat_template)
+        self._seed = shuffle_seed if shuffle_seed is not None else 0
+
+    def _password(self) -> str:
+        env = os.environ.get("HARNESS_GPQA_PASSWORD")
+        if env:
+            return env
+        if not self.password_file.is_file():
+            raise DataError(self.password_file, "GPQA password file not found (set task.password_file or HARNESS_GPQA_PASSWORD)")
+        return self.password_file.read_text().strip()
+
+    # ------------------------------------------------------------------ data
+    def episodes(self, seed: int) -> list[Episode]:
+        self._seed = self.shuffle_seed if self.shuffle_seed is not None else seed
+        return super().episodes(seed)
+
+    def load_episodes(self) -> list[Episode]:
+        rows = read_encrypted_csv(self.path, self.member, self._password())
+        queries, seen = [], set()
+        for i, row in enumerate(rows):
+            where = f"{self.member} row {i + 1} (Record ID {row.get('Record ID')!r})"
+            for col in REQUIRED:
+                if not (row.get(col) or "").strip():
+                    raise DataError(self.path, f"{where}: empty field {col!r}")
+            rid = row["Record ID"].strip()
+            if rid in seen:
+                raise DataError(self.path, f"{where}: duplicate Record ID")
+            seen.add(rid)
+            raw = [row["Correct Answer"]] + [row[f"Incorrect Answer {k}"] for k in (1, 2, 3)]
+            order = option_order(rid, self._seed)
+            options = [raw[k].strip() for k in order]
+            lm_opts = [lm_eval_preprocess(raw[k]) for k in order]
+            gold = LETTERS[order.index(0)]
+            queries.append(Query(id=f"{EPISODE_ID}/{rid}", question=row["Question"], gold=gold,
+                                 category=row["High-level domain"].strip(),
+                                 metadata={"record_id": rid, "options": options, "loglik_options": lm_opts,
+                                           "subdomain": row["Subdomain"].strip()}))
+        return [Episode(id=EPISODE_ID, units=(), queries=tuple(queries), metadata={"shuffle_seed": self._seed})]
+
+    def data_fingerprint(self) -> dict[str, Any]:
+        # The checksum is of the encrypted zip as distributed; the plain CSV is never hashed to disk.
+        return {"path": str(self.path), "member": self.member,
+                "zip_sha256": hashlib.sha256(self.path.read_bytes()).hexdigest(), "shuffle_seed": self._seed}
+
+    # --------------------------------------------------------------- prompts
+    def prompt_messages(self, query: Query, context: str | None) -> list[dict[str, str]]:
+        if self.protocol == "loglik_mc":
+            content = self.loglik_context(query)
+        else:
+            opts = "\n".join(fill_template(self.prompts["option"], letter=L, text=o)
+                             for L, o in zip(LETTERS, query.metadata["options"]))
+            content = fill_template(self.prompts["generative"], question=query.question.strip(), options=opts)
+        if context:
+            content = f"{context}\n\n{content}"
+        return [{"role": "user", "content": content}]
+
+    def loglik_context(self, query: Query) -> str:
+        fields = {f"choice{k + 1}": o for k, o in enumerate(query.metadata["loglik_options"])}
+        return fill_template(self.prompts["loglik"], question=query.question, **fields)
+
+    def loglik_continuations(self) -> list[str]:
+        return [fill_template(self.prompts["loglik_choice"], letter=L) for L in LETTERS]
+
+    def public_gold(self, query: Query):
+        return query.gold  # the shuffled gold letter only
+
+    # --------------------------------------------------------------- scoring
+    def score(self, query: Query, prediction: str) -> Score:
+        if self.protocol == "loglik_mc":
+            m = _LOGLIK_PREDICTION.match(str(prediction).strip())
+            if not m:
+                raise ValueError("gpqa_diamond: protocol=loglik_mc scores log-likelihoods; run it with "
+                                 "`python -m tasks.gpqa_diamond.loglik` (a text-generating method returned "
+                                 f"{str(prediction)[:40]!r})")
+            letter = m.group(1)
+        else:
+            letter = extract_letter(prediction)
+        return Score(values={"accuracy": float(letter == query.gold)}, extracted=letter)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "protocol": self.protocol, "shuffle_seed": self._seed,
+                "loglik_chat_template": self.loglik_chat_template}

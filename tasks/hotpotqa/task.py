@@ -1,0 +1,178 @@
+"""HotpotQA, distractor setting, validation split: short-answer QA over 10 passages.
+
+One episode = one question; its passages (2 gold + 8 distractors, in dataset order) are
+the episode's context units, so retrieval methods index passages. The prompt and the
+answer-only EM/F1 follow the δ-mem reference suite; ``scoring: official`` switches to the
+``hotpot_evaluate_v1`` answer rules (punctuation deleted, yes/no/noanswer F1 rule).
+Supporting-fact and joint metrics are not computed (no method predicts supporting facts).
+
+The copy under ``shared/data/hotpotqa`` is a *partial* dev set (1,354 of 7,405 questions);
+the data fingerprint of every run says how many questions the file holds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.errors import DataError
+from harness.types import ContextUnit, Episode, Query, RenderedContext, Score
+from tasks.base import Task, data_root
+from tasks.qa_metrics import em_lenient, em_official, f1_lenient, f1_official, fill_template, first_line
+
+FULL_DEV_SIZE = 7405
+DEFAULT_FILE = Path("hotpotqa") / "hotpotqa_dev_distractor_subset.jsonl"
+SCORINGS = ("reference", "official")
+EXTRACTIONS = ("first_line", "full")
+
+
+def _fail(path: Path, line: int, message: str) -> DataError:
+    return DataError(path, f"line {line}: {message}")
+
+
+def parse_hotpotqa(path: Path) -> list[dict[str, Any]]:
+    """Read and validate the HF ``hotpot_qa``/``distractor`` layout, one JSON object per line."""
+    if not path.is_file():
+        raise DataError(path, "HotpotQA file not found (set task.data_path, HARNESS_HOTPOTQA or HARNESS_DATA)")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise _fail(path, n, f"not valid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise _fail(path, n, "expected a JSON object")
+            for key in ("id", "question", "answer", "type", "context"):
+                if key not in row:
+                    raise _fail(path, n, f"missing field {key!r}")
+            if isinstance(row["id"], int) and not isinstance(row["id"], bool):
+                # 4 records of the staged subset carry integer ids; an id only has to be unique.
+                row["id"] = str(row["id"])
+            for key in ("id", "question", "answer", "type"):
+                if not isinstance(row[key], str):
+                    raise _fail(path, n, f"field {key!r} must be a string, got {type(row[key]).__name__}")
+            ctx = row["context"]
+            if not isinstance(ctx, dict) or "title" not in ctx or "sentences" not in ctx:
+                raise _fail(path, n, "field 'context' must be {title: [...], sentences: [[...]]}")
+            titles, sentences = ctx["title"], ctx["sentences"]
+            if not isinstance(titles, list) or not isinstance(sentences, list) or len(titles) != len(sentences):
+                raise _fail(path, n, f"context.title and context.sentences must be lists of equal length "
+                                     f"(got {len(titles) if isinstance(titles, list) else titles!r} titles)")
+            if not titles:
+                raise _fail(path, n, "context has no passages")
+            for i, sents in enumerate(sentences):
+                if not isinstance(sents, list) or not all(isinstance(s, str) for s in sents):
+                    raise _fail(path, n, f"context.sentences[{i}] must be a list of strings")
+            rows.append(row)
+    if not rows:
+        raise DataError(path, "no questions in the file")
+    seen: set[str] = set()
+    for row in rows:
+        if row["id"] in seen:
+            raise DataError(path, f"duplicate question id {row['id']!r}")
+        seen.add(row["id"])
+    return rows
+
+
+class HotpotQATask(Task):
+    name = "hotpotqa"
+    primary_metric = "f1"
+
+    def __init__(self, *, data_path: str | None = None, scoring: str = "reference",
+                 answer_extraction: str = "first_line", prompts: dict[str, str] | None = None, **kw: Any):
+        super().__init__(**kw)
+        if scoring not in SCORINGS:
+            raise ValueError(f"task.scoring must be one of {SCORINGS}, got {scoring!r}")
+        if answer_extraction not in EXTRACTIONS:
+            raise ValueError(f"task.answer_extraction must be one of {EXTRACTIONS}, got {answer_extraction!r}")
+        prompts = dict(prompts or {})
+        missing = [k for k in ("with_context", "without_context", "passage") if k not in prompts]
+        if missing:
+            raise ValueError(f"task.prompts is missing {missing}")
+        self.path = self._resolve(data_path)
+        self.scoring, self.answer_extraction, self.prompts = scoring, answer_extraction, prompts
+        self._n_questions: int | None = None
+
+    @staticmethod
+    def _resolve(data_path: str | None) -> Path:
+        if data_path:
+            return Path(data_path).expanduser()
+        if os.environ.get("HARNESS_HOTPOTQA"):
+            return Path(os.environ["HARNESS_HOTPOTQA"]).expanduser()
+        return data_root() / DEFAULT_FILE
+
+    # ------------------------------------------------------------------ data
+    def load_episodes(self) -> list[Episode]:
+        episodes = []
+        rows = parse_hotpotqa(self.path)
+        self._n_questions = len(rows)
+        for row in rows:
+            qid = row["id"]
+            units = []
+            for i, (title, sents) in enumerate(zip(row["context"]["title"], row["context"]["sentences"]), start=1):
+                body = " ".join(s.strip() for s in sents if s.strip())
+                text = self.prompts["passage"].format(index=i, title=title, text=body)
+                units.append(ContextUnit(id=f"{qid}/p{i}", text=text, segment=f"passage_{i}",
+                                         metadata={"title": title, "index": i}))
+            query = Query(id=qid, question=row["question"], gold=row["answer"], category=row["type"],
+                          metadata={"level": row.get("level")})
+            episodes.append(Episode(id=qid, units=tuple(units), queries=(query,)))
+        return episodes
+
+    def data_fingerprint(self) -> dict[str, Any]:
+        if self._n_questions is None:
+            self._n_questions = len(parse_hotpotqa(self.path))
+        n = self._n_questions
+        note = (f"partial dev subset: {n} of the {FULL_DEV_SIZE} distractor-dev questions; "
+                "not comparable to full-dev numbers") if n < FULL_DEV_SIZE else "full distractor dev set"
+        return {"path": str(self.path), "sha256": hashlib.sha256(self.path.read_bytes()).hexdigest(),
+                "n_questions": n, "subset": n < FULL_DEV_SIZE, "note": note}
+
+    # --------------------------------------------------------------- prompts
+    def render_context(self, episode: Episode, *, count_tokens: Callable[[str], int] | None = None,
+                       max_tokens: int | None = None) -> RenderedContext:
+        """All passages in dataset order; under a token budget, passages are kept from the first."""
+        units = list(episode.units)
+        kept = units
+        if count_tokens is not None and max_tokens is not None:
+            kept, used = [], 0
+            for u in units:
+                cost = count_tokens(u.text) + (2 if kept else 0)
+                if used + cost > max_tokens:
+                    break
+                kept.append(u)
+                used += cost
+        text = self.render_units(kept)
+        n = count_tokens(text) if count_tokens else 0
+        total = count_tokens(self.render_units(units)) if count_tokens and len(kept) < len(units) else n
+        return RenderedContext(text=text, kept_tokens=n, total_tokens=total,
+                               kept_unit_ids=tuple(u.id for u in kept), truncated=len(kept) < len(units))
+
+    def prompt_messages(self, query: Query, context: str | None) -> list[dict[str, str]]:
+        if context is None:
+            content = fill_template(self.prompts["without_context"], question=query.question)
+        else:
+            content = fill_template(self.prompts["with_context"], context=context, question=query.question)
+        return [{"role": "user", "content": content}]
+
+    # --------------------------------------------------------------- scoring
+    def extract(self, prediction: str) -> str:
+        return first_line(prediction) if self.answer_extraction == "first_line" else str(prediction).strip()
+
+    def score(self, query: Query, prediction: str) -> Score:
+        answer = self.extract(prediction)
+        if self.scoring == "official":
+            values = {"em": em_official(answer, query.gold), "f1": f1_official(answer, query.gold)}
+        else:
+            # The reference rounds each item's F1 to 4 decimals before averaging.
+            values = {"em": em_lenient(answer, query.gold), "f1": round(f1_lenient(answer, query.gold), 4)}
+        return Score(values=values, extracted=answer)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "scoring": self.scoring, "answer_extraction": self.answer_extraction,
+                "data_note": self.data_fingerprint().get("note")}
