@@ -180,6 +180,12 @@ class LoCoMoTask(Task):
             kept = [units[i] for i in sorted(keep_idx)]
         text = preamble + self._sessions_block(kept)
         n = count_tokens(text) if count_tokens else 0
+        # Pieces tokenised alone can undercount the joined text; drop turns from the
+        # truncated end until the rendered block itself fits.
+        while max_tokens is not None and count_tokens is not None and n > max_tokens and kept:
+            kept = kept[:-1] if self.truncation == "keep_earliest" else kept[1:]
+            text = preamble + self._sessions_block(kept)
+            n = count_tokens(text)
         return RenderedContext(text=text, kept_tokens=n, total_tokens=total if total is not None else n,
                                kept_unit_ids=tuple(u.id for u in kept), truncated=len(kept) < len(units))
 

@@ -1,0 +1,237 @@
+"""``python -m harness.report``: turn the run records under ``results/`` into tables.
+
+Writes to ``reports/``:
+* ``main.md`` / ``main.csv``: methods × tasks (primary metric ×100 with its episode-
+  clustered standard error), the mean over the tasks the row has, and that mean's ratio
+  to the frozen backbone (``vanilla``) on the same tasks, one table per backbone;
+* ``<task>.md`` / ``<task>.csv``: the per-category breakdown of every method with counts;
+* ``main.png``: a grouped bar chart of the main table.
+
+Only run records are read. A cell without a complete record says why: ``not run``,
+``failed``, ``running (k/n)`` or ``data unavailable``. Records on a subset of a task
+(``task.limit`` or ``episode_ids``) are marked with † and never mixed with full runs.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.records import iter_records
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = "vanilla"
+
+
+@dataclass
+class Cell:
+    status: str  # complete | failed | running | not run | data unavailable
+    value: float | None = None
+    stderr: float | None = None
+    n: int = 0
+    subset: bool = False
+    header: dict[str, Any] = field(default_factory=dict)
+
+    def text(self) -> str:
+        if self.status != "complete":
+            return self.status
+        se = f" ± {100 * self.stderr:.2f}" if self.stderr is not None and not math.isnan(self.stderr) else ""
+        return f"{100 * self.value:.2f}{se}{' †' if self.subset else ''}"
+
+
+def _is_subset(header: dict[str, Any]) -> bool:
+    task_cfg = header.get("config", {}).get("task", {})
+    return bool(task_cfg.get("limit") or task_cfg.get("episode_ids"))
+
+
+def _cell_from(header: dict[str, Any], n_done: int) -> Cell:
+    status = header.get("status")
+    if status == "complete":
+        metric = header.get("primary_metric")
+        m = header.get("metrics", {}).get("overall", {}).get(metric, {})
+        return Cell("complete", m.get("mean"), m.get("stderr"), int(m.get("n", 0)), _is_subset(header), header)
+    if status == "failed":
+        err = header.get("error", "")
+        return Cell("data unavailable" if err.startswith("DataError") else "failed", header=header)
+    return Cell(f"running ({n_done}/{header.get('n_samples_expected', '?')})", header=header)
+
+
+def collect(results_dir: Path) -> dict[tuple[str, str, str], Cell]:
+    """Best record per (backbone, method, task): complete full runs first, then complete
+    subsets (largest first), then whatever else exists."""
+    best: dict[tuple[str, str, str], tuple[tuple, Cell]] = {}
+    for rec in iter_records(results_dir):
+        h = rec.header() or {}
+        key = (h.get("backbone"), h.get("method"), h.get("task"))
+        if None in key:
+            continue
+        cell = _cell_from(h, len(rec.samples()) if h.get("status") != "complete" else 0)
+        rank = (cell.status == "complete", not cell.subset, cell.n, h.get("finished", ""))
+        if key not in best or rank > best[key][0]:
+            best[key] = (rank, cell)
+    return {k: v[1] for k, v in best.items()}
+
+
+def config_choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+def main_rows(cells: dict[tuple[str, str, str], Cell], tasks: list[str]) -> dict[str, list[dict[str, Any]]]:
+    by_backbone: dict[str, list[dict[str, Any]]] = {}
+    for backbone in sorted({k[0] for k in cells}):
+        methods = sorted({k[1] for k in cells if k[0] == backbone}, key=lambda m: (m != BASELINE, m))
+        rows = []
+        for m in methods:
+            row_cells = {t: cells.get((backbone, m, t), Cell("not run")) for t in tasks}
+            done = {t: c for t, c in row_cells.items() if c.status == "complete"}
+            protocol = next((c.header.get("protocol") for c in row_cells.values() if c.header), None)
+            base = {t: cells.get((backbone, BASELINE, t)) for t in done}
+            shared = [t for t in done if base[t] is not None and base[t].status == "complete" and base[t].value]
+            mean = sum(c.value for c in done.values()) / len(done) if done else None
+            ratio = None
+            if shared:
+                ours = sum(done[t].value for t in shared) / len(shared)
+                theirs = sum(base[t].value for t in shared) / len(shared)
+                ratio = ours / theirs if theirs else None
+            rows.append({"method": m, "protocol": protocol or "", "cells": row_cells, "mean": mean,
+                         "n_tasks": len(done), "ratio": ratio, "ratio_tasks": shared})
+        by_backbone[backbone] = rows
+    return by_backbone
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_main(by_backbone, tasks: list[str], out: Path) -> None:
+    md = ["# Main comparison", "",
+          "Primary metric per task ×100 (± standard error clustered by episode). `mean` averages the tasks a row has; "
+          f"`× {BASELINE}` is that mean divided by the frozen backbone's mean on the same tasks. "
+          "† = run on a subset of the task (task.limit / episode_ids). Protocol `context`: the episode context is in the "
+          "prompt; `memory`: the prompt holds only the question and the context reaches the model only through the method.",
+          ""]
+    csv_rows = []
+    for backbone, rows in by_backbone.items():
+        md += [f"## Backbone: {backbone}", ""]
+        table = []
+        for r in rows:
+            mean = f"{100 * r['mean']:.2f}" if r["mean"] is not None else "–"
+            ratio = f"{r['ratio']:.2f}×" if r["ratio"] is not None else "–"
+            table.append([r["method"], r["protocol"], *(r["cells"][t].text() for t in tasks), mean, ratio])
+            for t in tasks:
+                c = r["cells"][t]
+                csv_rows.append({"backbone": backbone, "method": r["method"], "protocol": r["protocol"], "task": t,
+                                 "status": c.status, "value": c.value, "stderr": c.stderr, "n": c.n, "subset": c.subset,
+                                 "metric": c.header.get("primary_metric", "")})
+        md += [_md_table(["method", "protocol", *tasks, "mean", f"× {BASELINE}"], table), ""]
+        wall = [(r["method"], t, r["cells"][t].header.get("timings", {}).get("wall_s_total"))
+                for r in rows for t in tasks if r["cells"][t].status == "complete"]
+        if wall:
+            md += ["Wall time of each complete run (s, all sessions of the run):", "",
+                   _md_table(["method", "task", "wall s"], [[m, t, f"{w:.0f}" if w else "?"] for m, t, w in wall]), ""]
+    (out / "main.md").write_text("\n".join(md) + "\n")
+    with open(out / "main.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["backbone", "method", "protocol", "task", "metric", "status", "value", "stderr",
+                                          "n", "subset"])
+        w.writeheader()
+        w.writerows(csv_rows)
+
+
+def write_breakdowns(cells: dict[tuple[str, str, str], Cell], tasks: list[str], out: Path) -> None:
+    for task in tasks:
+        done = {(b, m): c for (b, m, t), c in cells.items() if t == task and c.status == "complete"}
+        if not done:
+            continue
+        md = [f"# {task}: per-category breakdown", ""]
+        csv_rows = []
+        for backbone in sorted({b for b, _ in done}):
+            metric_names = sorted({name for (b, _), c in done.items() if b == backbone
+                                   for name in c.header.get("metrics", {}).get("overall", {})})
+            cats = sorted({cat for (b, _), c in done.items() if b == backbone
+                           for cat in c.header.get("metrics", {}).get("by_category", {})})
+            for metric in metric_names:
+                md += [f"## {backbone} — {metric} (×100, n in brackets)", ""]
+                table = []
+                for (b, m), c in sorted(done.items()):
+                    if b != backbone:
+                        continue
+                    by_cat = c.header["metrics"].get("by_category", {})
+                    overall = c.header["metrics"]["overall"].get(metric, {})
+                    row = [m + (" †" if c.subset else "")]
+                    for cat in cats:
+                        v = by_cat.get(cat, {}).get(metric)
+                        row.append(f"{100 * v['mean']:.2f} ({v['n']})" if v else "–")
+                        if v:
+                            csv_rows.append({"backbone": b, "method": m, "metric": metric, "category": cat,
+                                             "mean": v["mean"], "stderr": v["stderr"], "n": v["n"]})
+                    row.append(f"{100 * overall['mean']:.2f} ({overall['n']})" if overall else "–")
+                    csv_rows.append({"backbone": b, "method": m, "metric": metric, "category": "overall",
+                                     "mean": overall.get("mean"), "stderr": overall.get("stderr"), "n": overall.get("n")})
+                    table.append(row)
+                md += [_md_table(["method", *cats, "overall"], table), ""]
+        (out / f"{task}.md").write_text("\n".join(md) + "\n")
+        with open(out / f"{task}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["backbone", "method", "metric", "category", "mean", "stderr", "n"])
+            w.writeheader()
+            w.writerows(csv_rows)
+
+
+def write_plot(by_backbone, tasks: list[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(b, rows) for b, rows in by_backbone.items() if any(r["n_tasks"] for r in rows)]
+    if not panels:
+        return
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 1.6 * len(tasks) + 3), 3.6 * len(panels)), squeeze=False)
+    for ax, (backbone, rows) in zip(axes[:, 0], panels):
+        rows = [r for r in rows if r["n_tasks"]]
+        width = 0.8 / max(1, len(rows))
+        for i, r in enumerate(rows):
+            xs, ys, errs = [], [], []
+            for j, t in enumerate(tasks):
+                c = r["cells"][t]
+                if c.status == "complete":
+                    xs.append(j + i * width)
+                    ys.append(100 * c.value)
+                    errs.append(100 * c.stderr if c.stderr and not math.isnan(c.stderr) else 0)
+            ax.bar(xs, ys, width, yerr=errs, capsize=2, label=f"{r['method']} ({r['protocol']})")
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks)
+        ax.set_ylabel("primary metric ×100")
+        ax.set_title(f"backbone: {backbone}")
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "main.png", dpi=120)
+    plt.close(fig)
+
+
+def build_report(results_dir: Path, out: Path) -> dict[str, Any]:
+    cells = collect(results_dir)
+    tasks = sorted(set(config_choices("task")) | {k[2] for k in cells})
+    out.mkdir(parents=True, exist_ok=True)
+    by_backbone = main_rows(cells, tasks)
+    write_main(by_backbone, tasks, out)
+    write_breakdowns(cells, tasks, out)
+    write_plot(by_backbone, tasks, out)
+    return {"records": len(cells), "backbones": list(by_backbone), "tasks": tasks}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Build comparison tables from run records.")
+    ap.add_argument("--results", default=str(ROOT / "results"))
+    ap.add_argument("--out", default=str(ROOT / "reports"))
+    args = ap.parse_args()
+    info = build_report(Path(args.results), Path(args.out))
+    print(f"[report] {info['records']} records, backbones {info['backbones']} -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The report reads only records and says why a cell is empty."""
+from __future__ import annotations
+
+import csv
+
+from harness.records import RunRecord
+from harness.report import build_report
+
+
+def write(root, method, task, status, value=None, protocol="context", limit=None, error=None, cats=None):
+    rec = RunRecord(root / task / method / "tiny" / f"seed-42-{method}{task}")
+    header = {"status": status, "task": task, "method": method, "backbone": "tiny", "protocol": protocol,
+              "primary_metric": "f1", "config": {"task": {"limit": limit}}, "n_samples_expected": 10,
+              "timings": {"wall_s_total": 12.0}}
+    if status == "complete":
+        header["metrics"] = {"overall": {"f1": {"mean": value, "stderr": 0.01, "n": 10}},
+                             "by_category": cats or {"a": {"f1": {"mean": value, "stderr": 0.02, "n": 10}}}}
+    if error:
+        header["error"] = error
+    rec.write_header(header)
+
+
+def test_main_table_ratio_and_missing_cells(tmp_path):
+    res, out = tmp_path / "results", tmp_path / "reports"
+    write(res, "vanilla", "locomo", "complete", 0.20)
+    write(res, "vanilla", "hotpotqa", "complete", 0.40)
+    write(res, "deltamem_tsw", "locomo", "complete", 0.30)
+    write(res, "deltamem_tsw", "hotpotqa", "failed", error="RuntimeError: boom")
+    write(res, "vanilla", "memoryagentbench", "failed", error="DataError: x.parquet: not found")
+    write(res, "vanilla_nocontext", "locomo", "complete", 0.05, protocol="memory", limit=20)
+    build_report(res, out)
+    md = (out / "main.md").read_text()
+    row = next(l for l in md.splitlines() if l.startswith("| deltamem_tsw"))
+    assert "30.00 ± 1.00" in row and "failed" in row and "not run" in row
+    assert row.rstrip(" |").endswith("1.50×")  # 0.30 / 0.20 on the one shared task
+    van = next(l for l in md.splitlines() if l.startswith("| vanilla |"))
+    assert "data unavailable" in van and "30.00" in van  # mean of 0.2 and 0.4
+    assert "5.00 ± 1.00 †" in md
+    rows = list(csv.DictReader(open(out / "main.csv")))
+    assert {r["status"] for r in rows} >= {"complete", "failed", "not run", "data unavailable"}
+    assert (out / "locomo.md").exists() and (out / "main.png").exists()
+    assert "a" in (out / "locomo.md").read_text()
