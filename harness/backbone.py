@@ -130,7 +130,9 @@ def chat_kwargs_for(name: str, tokenizer: Any, enable_thinking: bool | None) -> 
 
 def load_backbone(cfg: Any) -> Backbone:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the run's own progress bar is the one that matters
     location, provenance = resolve_location(cfg)
     trust = bool(cfg.get("trust_remote_code", False))
     _check_causal_lm(location, trust)
