@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-class EmbeddedModelError(RuntimeError):
+from harness.errors import HarnessError
+
+
+class EmbeddedModelError(HarnessError):
     pass
 
 

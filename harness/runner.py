@@ -119,7 +119,8 @@ def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_ba
         record.write_header(header)
         bar = _progress(len(expected), len(done), f"{names['task']}/{names['method']}", bool(cfg.run.progress))
         ingest_s = answer_s = 0.0
-        for episode in episodes:
+        for n_ep, episode in enumerate(episodes, 1):
+            bar.set_postfix_str(f"episode {n_ep}/{len(episodes)} {episode.id}")
             pending = [q for q in episode.queries if q.id not in done]
             if not pending:
                 continue
