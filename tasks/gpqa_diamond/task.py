@@ -171,6 +171,8 @@ class GPQADiamondTask(Task):
         return super().episodes(seed)
 
     def load_episodes(self) -> list[Episode]:
+        if not self.path.is_file():
+            raise DataError(self.path, "GPQA dataset.zip not found (set task.data_path, HARNESS_GPQA or HARNESS_DATA)")
         rows = read_encrypted_csv(self.path, self.member, self._password())
         queries, seen = [], set()
         for i, row in enumerate(rows):

@@ -6,7 +6,8 @@ The prompt (stripped) is the only user message; decoding is greedy with 1,500 ne
 installed lm-eval package, so the instruction registry, kwargs handling and the loose
 response variants are lm-eval's own. Before the checkers are imported the offline nltk
 ``punkt_tab`` data is put in place and ``langdetect`` is seeded (``DetectorFactory.seed = 0``)
-so the language checks are reproducible.
+so the language checks are reproducible; Python's ``random`` is seeded per prompt around
+each check because a few checkers draw random arguments (see :func:`seeded_random`).
 
 Metrics (lm-eval names): prompt_level_{strict,loose}_acc are means over prompts;
 inst_level_{strict,loose}_acc are micro-averages over all 834 instructions (per-sample
@@ -23,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 from collections import defaultdict
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -52,13 +55,31 @@ def checkers():
     return utils, instructions_registry
 
 
+@contextmanager
+def seeded_random(prompt: str):
+    """Seed Python's global ``random`` from the prompt for the duration of a check.
+
+    A few checkers draw a random argument when the data's value is unusable (e.g.
+    ``keywords:letter_frequency`` with letter "#" picks a random ASCII letter), which makes
+    lm-eval's own scores vary between runs. Seeding per prompt makes ours reproducible;
+    the global state is restored afterwards.
+    """
+    state = random.getstate()
+    random.seed(int(hashlib.sha256(prompt.encode()).hexdigest()[:16], 16))
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def follow_flags(prompt: str, instruction_ids: Sequence[str], kwargs: Sequence[dict], response: str
                  ) -> tuple[list[bool], list[bool]]:
     """Per-instruction (strict, loose) results from lm-eval's own checker functions."""
     utils, _ = checkers()
     inp = utils.InputExample(key=0, instruction_id_list=list(instruction_ids), prompt=prompt, kwargs=list(kwargs))
-    strict = utils.test_instruction_following_strict(inp, response)
-    loose = utils.test_instruction_following_loose(inp, response)
+    with seeded_random(prompt):
+        strict = utils.test_instruction_following_strict(inp, response)
+        loose = utils.test_instruction_following_loose(inp, response)
     return list(strict.follow_instruction_list), list(loose.follow_instruction_list)
 
 
