@@ -10,11 +10,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods.deltamem import fastpath
 from methods.deltamem.config import DeltaMemConfig
-from methods.deltamem.scan import read_state, scan, segment_means, unit
+from methods.deltamem.scan import fused_scan_inference, read_state, resolve_impl, scan, segment_means, unit
 from methods.deltamem.state import OnlineState
 
 HEADS = ("q", "k", "v", "o")
+
+
+class _Runtime:
+    __slots__ = ("state", "cached_input", "cached_reads", "groups", "packed", "numpy")
+
+    def __init__(self) -> None:
+        self.state: OnlineState | None = None
+        self.cached_input: torch.Tensor | None = None
+        self.cached_reads: torch.Tensor | None = None
+        self.groups: dict[str, tuple[nn.Parameter, ...]] = {}
+        self.packed: tuple[tuple[int, ...], torch.Tensor] | None = None
+        self.numpy: dict[str, tuple[tuple[int, ...], object]] = {}
+
+
+def _version_key(params: tuple[nn.Parameter, ...]) -> tuple[int, ...]:
+    return tuple(x for p in params for x in (p._version, p.data_ptr()))
 
 
 class DeltaMemLayer(nn.Module):
@@ -34,9 +51,12 @@ class DeltaMemLayer(nn.Module):
         self.beta_bias = nn.Parameter(torch.empty(R, **kw))
         for head in HEADS:
             setattr(self, f"delta_{head}_proj", nn.Parameter(torch.empty(out_features[head], R, **kw)))
-        self._state: OnlineState | None = None
-        self._cached_input: torch.Tensor | None = None
-        self._cached_reads: torch.Tensor | None = None
+        # Runtime caches live in a plain object: nn.Module.__setattr__/__getattr__ cost microseconds per
+        # access, which matters on the per-token decode path.
+        object.__setattr__(self, "_rt", _Runtime())
+        self._rt.groups = {"in": (self.memory_q_proj, self.memory_k_proj, self.memory_v_proj, self.beta_proj),
+                           "bias": (self.beta_bias,),
+                           **{h: (getattr(self, f"delta_{h}_proj"),) for h in HEADS}}
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
@@ -69,27 +89,28 @@ class DeltaMemLayer(nn.Module):
 
     # ------------------------------------------------------------------ runtime
     def bind(self, state: OnlineState | None) -> None:
-        self._state = state
+        self._rt.state = state
         self.clear()
 
     def clear(self) -> None:
-        self._cached_input = None
-        self._cached_reads = None
+        self._rt.cached_input = None
+        self._rt.cached_reads = None
 
     def reads_for(self, h: torch.Tensor) -> torch.Tensor:
         """Reads ``[B, T, R]`` for the attention input ``h``; computed once per call and shared by q/k/v."""
-        if self._cached_input is not h:
-            self._cached_reads = self._compute_reads(h)
-            self._cached_input = h
-        assert self._cached_reads is not None
-        return self._cached_reads
+        rt = self._rt
+        if rt.cached_input is not h:
+            rt.cached_reads = self._compute_reads(h)
+            rt.cached_input = h
+        assert rt.cached_reads is not None
+        return rt.cached_reads
 
     def take_reads(self) -> torch.Tensor:
         """The reads of the current call, for the o_proj correction (which comes last)."""
-        if self._cached_reads is None:
+        reads = self._rt.cached_reads
+        if reads is None:
             raise RuntimeError(f"δ-mem layer {self.layer_id}: o_proj ran before q_proj in this attention call; "
                                "this architecture calls its projections in an unsupported order")
-        reads = self._cached_reads
         self.clear()
         return reads
 
@@ -108,10 +129,36 @@ class DeltaMemLayer(nn.Module):
         return fold(qk[:, :, 0]), fold(qk[:, :, 1]), fold(pre[:, :, 2]), fold(beta)
 
     def _packed_weight(self) -> torch.Tensor:
-        return torch.cat([self.memory_q_proj, self.memory_k_proj, self.memory_v_proj, self.beta_proj], 0)
+        parts = self._rt.groups["in"]
+        if torch.is_grad_enabled():
+            return torch.cat(parts, 0)
+        # Inference re-uses the concatenation while no parameter has been modified in place
+        # (optimizer steps and adapter loads bump the version counters).
+        key = _version_key(parts)
+        if self._rt.packed is None or self._rt.packed[0] != key:
+            self._rt.packed = (key, torch.cat(parts, 0))
+        return self._rt.packed[1]
+
+    def _numpy_weight(self, name: str):
+        """fp32 numpy copies for the compiled fast path, refreshed when a parameter changes in place."""
+        parts = self._rt.groups[name]
+        key = _version_key(parts)
+        hit = self._rt.numpy.get(name)
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                w = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
+                # weights are laid out [in, out] so the compiled loops run over contiguous outputs
+                arr = w.float().contiguous().numpy().copy() if name == "bias" else w.float().t().contiguous().numpy()
+            hit = (key, arr)
+            self._rt.numpy[name] = hit
+        return hit[1]
+
+    def _needs_grad(self, hidden: torch.Tensor) -> bool:
+        return torch.is_grad_enabled() and (hidden.requires_grad or any(
+            p.requires_grad for ps in self._rt.groups.values() for p in ps))
 
     def _compute_reads(self, hidden: torch.Tensor) -> torch.Tensor:
-        st = self._state
+        st = self._rt.state
         if st is None:
             raise RuntimeError("δ-mem layer used while detached")
         cfg = self.config
@@ -120,30 +167,49 @@ class DeltaMemLayer(nn.Module):
         b, t, _ = hidden.shape
         h, r = cfg.num_state_heads, cfg.rank
         valid = st.validity(b, t)
+        segmented = st.write_enabled and cfg.write_granularity != "token" and st.call_segment_ids is not None
+        state = st.get(self.layer_id, b, hidden.device)
+        fast = not segmented and resolve_impl(cfg.scan_impl, hidden.device) == "numba"
+        if fast and fastpath.eligible(hidden) and not self._needs_grad(hidden):
+            reads, new_state = fastpath.reads(hidden, self._numpy_weight("in"), self._numpy_weight("bias"),
+                                              state=state, valid=valid, heads=h, write=st.write_enabled)
+            if st.write_enabled:
+                st.put(self.layer_id, new_state.view(state.shape))
+            return reads
         pre = F.linear(hidden, self._packed_weight())
+        if fast and not self._needs_grad(hidden):
+            reads, new_state = fused_scan_inference(pre, self.beta_bias, state=state.view(b, h, r, r),
+                                                    valid=valid, write=st.write_enabled)
+            if st.write_enabled:
+                st.put(self.layer_id, new_state.view(state.shape))
+            return reads.to(hidden.dtype)
         q, k, v, beta = self._features(pre)
-        s = st.get(self.layer_id, b, hidden.device).reshape(b * h, r, r)
+        s = state.reshape(b * h, r, r)
         valid_n = valid.repeat_interleave(h, 0) if (valid is not None and h > 1) else valid
         if not st.write_enabled:
             reads = read_state(q, state=s, valid=valid_n)
-        elif cfg.write_granularity != "token" and st.call_segment_ids is not None:
+        elif segmented:
             reads = read_state(q, state=s, valid=valid_n)
             means, present = segment_means(pre, st.call_segment_ids, valid)
             if means.shape[1] > 0:
                 _, sk, sv, sbeta = self._features(means)
                 present_n = present.repeat_interleave(h, 0) if h > 1 else present
                 _, s_new = scan(torch.zeros_like(sk), sk, sv, sbeta, state=s, valid=present_n, impl=cfg.scan_impl)
-                st.put(self.layer_id, s_new.view(st._shape(b)))
+                st.put(self.layer_id, s_new.view(state.shape))
         else:
             reads, s_new = scan(q, k, v, beta, state=s, valid=valid_n, impl=cfg.scan_impl)
-            st.put(self.layer_id, s_new.view(st._shape(b)))
+            st.put(self.layer_id, s_new.view(state.shape))
         if h > 1:
             reads = reads.view(b, h, t, r).transpose(1, 2)
         return reads.reshape(b, t, h * r).to(hidden.dtype)
 
     def correction(self, head: str, out: torch.Tensor, reads: torch.Tensor) -> torch.Tensor:
         """``out + (α/r) · W_Δhead · reads`` (one fused addmm)."""
-        w = getattr(self, f"delta_{head}_proj")
+        w = self._rt.groups[head][0]
+        if (reads.dtype == torch.float32 and out.dtype == torch.float32 and out.device.type == "cpu"
+                and reads.shape[0] * reads.shape[1] <= fastpath.MAX_TOKENS and fastpath.eligible(reads)
+                and not (torch.is_grad_enabled() and (w.requires_grad or out.requires_grad))):
+            return fastpath.add_correction(out, reads, self._numpy_weight(head), self.config.scale)
         flat = torch.addmm(out.reshape(-1, out.shape[-1]), reads.reshape(-1, reads.shape[-1]), w.t(),
                            alpha=self.config.scale)
         return flat.view(out.shape)

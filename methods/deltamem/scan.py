@@ -199,6 +199,56 @@ if _numba is not None:
                     dstate[n, i, j] = g[i, j]
 
 
+    @_jit
+    def _fused_kernel(pre, bias, state, valid, heads, write, reads, new_state):  # pragma: no cover - compiled
+        n_b, n_tok, four_r = pre.shape
+        big_r = four_r // 4
+        r = big_r // heads
+        s = _np.empty((r, r), dtype=_np.float32)
+        q = _np.empty(r, dtype=_np.float32)
+        k = _np.empty(r, dtype=_np.float32)
+        for b in range(n_b):
+            for hh in range(heads):
+                o = hh * r
+                for i in range(r):
+                    for j in range(r):
+                        s[i, j] = state[b, hh, i, j]
+                for t in range(n_tok):
+                    if not valid[b, t]:
+                        for i in range(r):
+                            reads[b, t, o + i] = 0.0
+                        continue
+                    qn = _np.float32(0.0)
+                    kn = _np.float32(0.0)
+                    for j in range(r):
+                        q[j] = _np.tanh(pre[b, t, o + j])
+                        k[j] = _np.tanh(pre[b, t, big_r + o + j])
+                        qn += q[j] * q[j]
+                        kn += k[j] * k[j]
+                    qn = max(_np.sqrt(qn), _np.float32(1e-6))
+                    kn = max(_np.sqrt(kn), _np.float32(1e-6))
+                    for j in range(r):
+                        q[j] = q[j] / qn
+                        k[j] = k[j] / kn
+                    for i in range(r):
+                        rd = _np.float32(0.0)
+                        dot = _np.float32(0.0)
+                        for j in range(r):
+                            rd += s[i, j] * q[j]
+                            dot += s[i, j] * k[j]
+                        reads[b, t, o + i] = rd
+                        if write:
+                            x = pre[b, t, 3 * big_r + o + i] + bias[o + i]
+                            beta = _np.float32(1.0) / (_np.float32(1.0) + _np.exp(-x))
+                            w = beta * (pre[b, t, 2 * big_r + o + i] - dot)
+                            keep = _np.float32(1.0) - beta
+                            for j in range(r):
+                                s[i, j] = keep * s[i, j] + w * k[j]
+                for i in range(r):
+                    for j in range(r):
+                        new_state[b, hh, i, j] = s[i, j]
+
+
 def numba_available() -> bool:
     return _numba is not None
 
@@ -260,6 +310,28 @@ def scan_numba(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
     return _NumbaScan.apply(q, k, v, beta, state, valid)
 
 
+
+def fused_scan_inference(pre: torch.Tensor, bias: torch.Tensor, *, state: torch.Tensor,
+                         valid: torch.Tensor | None, write: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """No-grad CPU fast path: projections → features → scan in one compiled call.
+
+    ``pre``: ``[B, T, 4R]`` pre-activations packed as (q̂, k̂, v, β̂), each block head-major
+    (``R = H·r``); ``bias``: ``[R]`` gate bias; ``state``: ``[B, H, r, r]``. Returns reads ``[B, T, R]``
+    (fp32) and the new state ``[B, H, r, r]`` (fp32; a fresh tensor, equal to ``state`` when
+    ``write`` is False). Same maths as the features in ``layer.py`` followed by :func:`scan`, without
+    the per-op dispatch cost that dominates a one-token decode step.
+    """
+    b, t, four_r = pre.shape
+    heads, r = state.shape[1], state.shape[2]
+    pre_np = pre.detach().to(torch.float32).contiguous()
+    st = state.detach().to(torch.float32).contiguous()
+    reads = torch.empty(b, t, four_r // 4, dtype=torch.float32)
+    new_state = torch.empty_like(st)
+    vmask = _np_valid(valid, b, t)
+    _fused_kernel(pre_np.numpy(), bias.detach().to(torch.float32).contiguous().numpy(), st.numpy(), vmask,
+                  heads, write, reads.numpy(), new_state.numpy())
+    return reads, new_state
+
 # --------------------------------------------------------------------------------------------- dispatch
 def resolve_impl(impl: ScanImpl, device: torch.device) -> Literal["numba", "naive"]:
     """``auto``: numba on CPU when importable, else the naive loop (CUDA has no fast path here yet)."""
@@ -319,5 +391,5 @@ def unit(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
-__all__ = ["scan", "scan_naive", "scan_numba", "read_state", "segment_means", "unit", "resolve_impl",
+__all__ = ["scan", "scan_naive", "scan_numba", "fused_scan_inference", "read_state", "segment_means", "unit", "resolve_impl",
            "numba_available", "CHECKPOINT_EVERY"]
