@@ -15,9 +15,10 @@ tokens; -100 elsewhere) and are left-truncated to a read length.
 """
 from __future__ import annotations
 
+import json
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 IGNORE = -100
@@ -81,7 +82,7 @@ class TokenizedEpisode:
         return len(self.write_ids) + len(self.read_ids)
 
 
-SKIP_REASONS = ("no_target", "no_history")
+SKIP_REASONS = ("no_target", "no_history", "duplicate")
 
 
 def make_episode(conv: Conversation) -> tuple[Episode | None, str | None]:
@@ -116,19 +117,32 @@ class EpisodeStats:
 
 
 def make_episodes(conversations: Iterable[Conversation], *, source: str = "") -> tuple[list[Episode], EpisodeStats]:
-    """All episodes of ``conversations``; skipped ones are counted and reported in one warning."""
+    """All episodes of ``conversations``; skipped ones (no target, no history, an exact duplicate of an earlier
+    conversation) are counted and reported in one warning. Repeated ids of different conversations get a
+    ``#n`` suffix so every episode id is unique."""
     stats = EpisodeStats()
     out: list[Episode] = []
+    seen: set[tuple[str, str]] = set()
+    ids: Counter = Counter()
     for conv in conversations:
         stats.conversations += 1
+        key = (conv.group, json.dumps([[m["role"], m["content"]] for m in conv.messages]))
+        if key in seen:
+            stats.skipped["duplicate"] += 1
+            continue
+        seen.add(key)
         ep, reason = make_episode(conv)
         if ep is None:
             stats.skipped[reason] += 1
-        else:
-            out.append(ep)
+            continue
+        ids[ep.id] += 1
+        if ids[ep.id] > 1:
+            ep = replace(ep, id=f"{ep.id}#{ids[ep.id]}")
+        out.append(ep)
     stats.episodes = len(out)
     if stats.skipped:
-        detail = ", ".join(f"{n} with {r.replace('_', ' ')}" for r, n in sorted(stats.skipped.items()))
+        detail = ", ".join(f"{n} {r.replace('_', ' ') + 's' if r == 'duplicate' else 'with ' + r.replace('_', ' ')}"
+                           for r, n in sorted(stats.skipped.items()))
         warnings.warn(f"training data{f' {source}' if source else ''}: skipped {sum(stats.skipped.values())} of "
                       f"{stats.conversations} conversations ({detail})", stacklevel=2)
     return out, stats

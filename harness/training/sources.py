@@ -350,7 +350,8 @@ class LevalQasper(Source):
             pid = stable_hash(doc)[:12]
             chunks = chunk_paragraphs(paragraphs(doc), self.layout.chunk_chars)
             for qi, (q, a) in enumerate(zip(questions, answers)):
-                out.append(Conversation(id=f"{self.name}/{pid}/q{qi}", source=self.name, group=pid,
+                qid = stable_hash(q, a)[:8]  # the file repeats some papers; a repeat keeps its id
+                out.append(Conversation(id=f"{self.name}/{pid}/{qid}", source=self.name, group=pid,
                                         messages=self.layout.messages(chunks, str(q), str(a)),
                                         metadata={"question": str(q), "references": [str(a)], "line": n}))
             if self.limit is not None and len(out) >= self.limit:

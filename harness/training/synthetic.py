@@ -114,7 +114,7 @@ SMALL_TALK = (
 class _Item:
     kind: str
     statements: list[str]          # said in this order (an update comes later than what it updates)
-    qa: list[tuple[str, str]]      # questions this item answers
+    qa: list[tuple]  # (question, answer, value stated in the history that answers it[, value it superseded])
 
 
 def _date(rng: random.Random) -> str:
@@ -145,15 +145,15 @@ def _relation(rng: random.Random, pools: _Pools) -> _Item:
     (rel,), (name,) = pools.pick("relation", RELATIONS), pools.pick("name", NAMES)
     said = rng.choice((f"My {rel} is called {name}.", f"By the way, my {rel}'s name is {name}.",
                        f"I had lunch with {name}, my {rel}, today."))
-    return _Item("fact", [said], [(f"What is the name of my {rel}?", f"Your {rel} is called {name}.")])
+    return _Item("fact", [said], [(f"What is the name of my {rel}?", f"Your {rel} is called {name}.", name)])
 
 
 def _pet(rng: random.Random, pools: _Pools) -> _Item:
     (species,), (pet,) = pools.pick("species", SPECIES), pools.pick("pet", PET_NAMES)
     age = rng.randint(2, 14)
     return _Item("fact", [f"I have a {species} named {pet}.", f"{pet} turned {age} last week."],
-                 [(f"What is my {species} called?", f"Your {species} is called {pet}."),
-                  (f"How old is {pet}?", f"{pet} is {age} years old.")])
+                 [(f"What is my {species} called?", f"Your {species} is called {pet}.", pet),
+                  (f"How old is {pet}?", f"{pet} is {age} years old.", str(age))])
 
 
 def _job(rng: random.Random, pools: _Pools) -> _Item:
@@ -161,20 +161,20 @@ def _job(rng: random.Random, pools: _Pools) -> _Item:
     (company,) = pools.pick("company", COMPANIES)
     first = f"I work as a {old}."
     if rng.random() < 0.5:
-        return _Item("fact", [first], [("What do I do for a living?", f"You work as a {old}.")])
+        return _Item("fact", [first], [("What do I do for a living?", f"You work as a {old}.", old)])
     update = f"Big news: I left my old job and now I work as a {new} at {company}."
-    return _Item("update", [first, update], [("What is my job now?", f"You work as a {new} at {company}."),
-                                             ("What did I work as before my current job?", f"You worked as a {old}.")])
+    return _Item("update", [first, update], [("What is my job now?", f"You work as a {new} at {company}.", new, old),
+                                             ("What did I work as before my current job?", f"You worked as a {old}.", old)])
 
 
 def _home(rng: random.Random, pools: _Pools) -> _Item:
     old, new = pools.pick("city", CITIES, 2)
     first = rng.choice((f"I live in {old}.", f"I've been living in {old} for a few years now."))
     if rng.random() < 0.4:
-        return _Item("fact", [first], [("Which city do I live in?", f"You live in {old}.")])
+        return _Item("fact", [first], [("Which city do I live in?", f"You live in {old}.", old)])
     return _Item("update", [first, f"I just moved from {old} to {new}!"],
-                 [("Which city do I live in now?", f"You live in {new}."),
-                  ("Where did I live before I moved?", f"You lived in {old}.")])
+                 [("Which city do I live in now?", f"You live in {new}.", new, old),
+                  ("Where did I live before I moved?", f"You lived in {old}.", old)])
 
 
 def _favourite(rng: random.Random, pools: _Pools) -> _Item:
@@ -182,12 +182,12 @@ def _favourite(rng: random.Random, pools: _Pools) -> _Item:
     old, new = rng.sample(FAVOURITES[cat], 2)
     first = rng.choice((f"My favourite {cat} is {old}.", f"I really love {old}; it's my favourite {cat}."))
     if rng.random() < 0.4:
-        return _Item("preference", [first], [(f"What is my favourite {cat}?", f"Your favourite {cat} is {old}.")])
+        return _Item("preference", [first], [(f"What is my favourite {cat}?", f"Your favourite {cat} is {old}.", old)])
     update = rng.choice((f"I've changed my mind: my favourite {cat} is now {new}, not {old}.",
                          f"Honestly, I'm over {old}. These days my favourite {cat} is {new}."))
     return _Item("update", [first, update],
-                 [(f"What is my favourite {cat} these days?", f"Your favourite {cat} is now {new}."),
-                  (f"What was my favourite {cat} before I changed my mind?", f"It used to be {old}.")])
+                 [(f"What is my favourite {cat} these days?", f"Your favourite {cat} is now {new}.", new, old),
+                  (f"What was my favourite {cat} before I changed my mind?", f"It used to be {old}.", old)])
 
 
 def _event(rng: random.Random, pools: _Pools) -> _Item:
@@ -198,20 +198,20 @@ def _event(rng: random.Random, pools: _Pools) -> _Item:
     past, ask = event.format(**fill), base.format(**fill)
     (date,) = pools.pick("date", tuple(_date(rng) for _ in range(4)))
     said = rng.choice((f"On {date} I {past}.", f"I {past} on {date}.", f"Guess what, I {past}! It was {date}."))
-    return _Item("event", [said], [(f"When did I {ask}?", f"On {date}."),
-                                   (f"What did I do on {date}?", f"You {past.replace('my ', 'your ')}.")])
+    return _Item("event", [said], [(f"When did I {ask}?", f"On {date}.", date),
+                                   (f"What did I do on {date}?", f"You {past.replace('my ', 'your ')}.", past)])
 
 
 def _appointment(rng: random.Random, pools: _Pools) -> _Item:
     (what,) = pools.pick("appointment", APPOINTMENTS)
     day, hour = rng.choice(WEEKDAYS), rng.choice(("9 am", "10:30 am", "noon", "2 pm", "4:15 pm", "6 pm"))
     item = _Item("event", [f"Reminder for later: my {what} is on {day} at {hour}."],
-                 [(f"When is my {what}?", f"On {day} at {hour}.")])
+                 [(f"When is my {what}?", f"On {day} at {hour}.", day)])
     if rng.random() < 0.4:
         new_day = rng.choice([d for d in WEEKDAYS if d != day])
         item.kind = "update"
         item.statements.append(f"My {what} got moved to {new_day}, same time.")
-        item.qa = [(f"When is my {what}?", f"On {new_day} at {hour}.")]
+        item.qa = [(f"When is my {what}?", f"On {new_day} at {hour}.", new_day, day)]
     return item
 
 
@@ -219,7 +219,7 @@ def _code_item(rng: random.Random, pools: _Pools) -> _Item:
     (label,) = pools.pick("code", tuple(c[0] for c in CODES))
     value = _code(rng, dict(CODES)[label])
     return _Item("fact", [f"Note this down please: my {label} is {value}."],
-                 [(f"What is my {label}?", f"Your {label} is {value}.")])
+                 [(f"What is my {label}?", f"Your {label} is {value}.", value)])
 
 
 KINDS: dict[str, Callable[[random.Random, _Pools], _Item]] = {
@@ -260,11 +260,12 @@ def generate_conversation(seed: int, index: int, *, items: tuple[int, int] = (6,
     for _, user, reply in chat:
         history.append({"role": "user", "content": user})
         history.append({"role": "assistant", "content": reply or rng.choice(ACKS)})
-    pool = [(q, a, item.kind) for item in facts for q, a in item.qa]
+    pool = [(qa, item.kind) for item in facts for qa in item.qa]
     out = []
-    for q, a, kind in rng.sample(pool, k=min(questions, len(pool))):
+    for (q, a, value, *old), kind in rng.sample(pool, k=min(questions, len(pool))):
         out.append((history + [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
-                    {"question": q, "references": [a], "kind": kind}))
+                    {"question": q, "references": [a], "kind": kind, "evidence": value,
+                     "superseded": old[0] if old else None}))
     return out
 
 
