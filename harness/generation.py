@@ -14,12 +14,12 @@ Stateful memories (δ-mem) keep per-row state next to the KV cache; they registe
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 import torch
 
+from harness.kv_cache import reserve
 from harness.types import GenerationSettings
 
 
@@ -56,6 +56,13 @@ def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
         if any(s[i] != t for s in seqs[1:]):
             return i
     return n
+
+
+def _has_sliding_window(model) -> bool:
+    cfg = model.config
+    if "sliding_attention" in (getattr(cfg, "layer_types", None) or ()):
+        return True
+    return getattr(cfg, "sliding_window", None) is not None and getattr(cfg, "use_sliding_window", True)
 
 
 def _model_device(model) -> torch.device:
@@ -106,6 +113,19 @@ def generate_batch(model, suffixes: Sequence[Sequence[int]], settings: Generatio
     """Decode every suffix after the shared ``prefix``; returns new token ids per row."""
     if any(len(s) == 0 for s in suffixes):
         raise ValueError("every prompt needs at least one token after the shared prefix")
+    lengths = {len(s) for s in suffixes}
+    if len(lengths) > 1 and _has_sliding_window(model):
+        # Padding inside a sliding window would take the place of real tokens, so such
+        # models decode each group of equal-length prompts without padding.
+        out: list[Generated | None] = [None] * len(suffixes)
+        for n in sorted(lengths):
+            rows = [i for i, s in enumerate(suffixes) if len(s) == n]
+            part = generate_batch(model, [suffixes[i] for i in rows], settings, stop_ids=stop_ids, pad_id=pad_id,
+                                  prefix=prefix, seeds=[seeds[i] for i in rows] if seeds is not None else None,
+                                  hooks=hooks)
+            for i, g in zip(rows, part):
+                out[i] = g
+        return out
     device = _model_device(model)
     b = len(suffixes)
     width = max(len(s) for s in suffixes)
@@ -119,9 +139,7 @@ def generate_batch(model, suffixes: Sequence[Sequence[int]], settings: Generatio
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
 
     if prefix is not None:
-        cache = copy.deepcopy(prefix.cache)
-        if b > 1:
-            cache.batch_repeat_interleave(b)
+        cache = reserve(prefix.cache, b, width + settings.max_new_tokens)
     else:
         from transformers import DynamicCache
 
@@ -137,6 +155,8 @@ def generate_batch(model, suffixes: Sequence[Sequence[int]], settings: Generatio
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions[:, p:], past_key_values=cache,
                 use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1]
+    if prefix is None:
+        cache = reserve(cache, b, settings.max_new_tokens)
     alive = list(range(b))  # original row index of each live row
     results: list[list[int]] = [[] for _ in range(b)]
     stopped = [False] * b

@@ -75,3 +75,37 @@ def test_common_prefix_len():
     assert common_prefix_len([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
     assert common_prefix_len([[1], [2]]) == 0
     assert common_prefix_len([[1, 2]]) == 2
+
+
+def test_reserved_layer_matches_concatenation_and_grows():
+    from harness.kv_cache import ReservedLayer
+
+    torch.manual_seed(0)
+    k0, v0 = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
+    layer = ReservedLayer(k0, v0, batch_size=3, capacity=6)
+    ref_k, ref_v = k0.repeat(3, 1, 1, 1), v0.repeat(3, 1, 1, 1)
+    for n in (1, 1, 4):  # the third append passes the reserved room
+        k, v = torch.randn(3, 2, n, 4), torch.randn(3, 2, n, 4)
+        got_k, got_v = layer.update(k, v)
+        ref_k, ref_v = torch.cat([ref_k, k], 2), torch.cat([ref_v, v], 2)
+        assert torch.equal(got_k, ref_k) and torch.equal(got_v, ref_v)
+    assert layer.get_seq_length() == 11
+    layer.batch_select_indices(torch.tensor([2, 0]))
+    assert torch.equal(layer.keys, ref_k[[2, 0]])
+
+
+def test_sliding_window_family_matches_hf_generate():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(5)
+    cfg = Gemma3TextConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8,
+                           layer_types=["sliding_attention", "full_attention"], max_position_embeddings=512,
+                           attn_implementation="sdpa")
+    model = Gemma3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(4.0)
+    settings = GenerationSettings(max_new_tokens=10)
+    got = generate_batch(model, SUFFIXES, settings, stop_ids=set(), pad_id=0, prefix=prefill_prefix(model, PREFIX))
+    for suffix, gen in zip(SUFFIXES, got):
+        assert gen.ids == _hf_greedy(model, PREFIX + suffix, 10)
