@@ -107,6 +107,13 @@ class OnlineState:
             return
         self.restore(self.snapshot().expand(batch_size))
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (batched decoding drops finished sequences)."""
+        if self._batch_size is None:
+            return
+        self._states = {i: s[rows] for i, s in self._states.items()}
+        self._batch_size = int(rows.numel())
+
     @property
     def nbytes(self) -> int:
         """Size of the memory once every layer has been written (fp32)."""

@@ -1,0 +1,330 @@
+"""δ-mem speed on CPU, side by side with the bare backbone and a LoRA step, in one process.
+
+    python -m benchmarks.deltamem_speed [--parts prefill,decode,scan,train] [--reps 3] [--json out.json]
+
+On the embedded SmolLM2-135M (fp32, sdpa, 2 threads):
+  prefill   2,048 tokens (``logits_to_keep=1``), bare vs δ-mem TSW vs MSW
+  decode    64 greedy tokens after a 512-token prompt, token by token with a KV cache
+  scan      the compiled scan vs the per-token torch loop at 512 / 2,048 / 8,192 tokens (fwd, fwd+bwd)
+  train     one step: write 1,024 + read 256 tokens, backward, AdamW — vs a rank-8 LoRA (peft, q_proj)
+            step on the same 1,280 tokens
+Targets (issue 3): prefill and decode speed ≥ 0.95× bare, training step ≤ 1.5× LoRA.
+
+The machine is shared, so variants are interleaved at the finest grain the protocol allows (each round
+times every variant once; decode alternates variants step by step) and the load from other processes
+during each timing is read from /proc/stat and printed. Ratios of interleaved medians are far more
+stable than absolute times under load; a figure measured with more than ~0.3 foreign cores is noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from methods.deltamem import DeltaMemConfig, attach
+from methods.deltamem.scan import scan_naive, scan_numba, unit
+
+
+# ------------------------------------------------------------------------------------------ timing
+def _cpu_snapshot() -> tuple[float, float, float]:
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    idle = vals[3] + vals[4]
+    busy = sum(vals[:8]) - idle
+    t = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system, time.perf_counter()
+
+
+def _foreign(s0: tuple[float, float, float], s1: tuple[float, float, float]) -> float:
+    """Average number of cores used by other processes between two snapshots."""
+    return max(0.0, ((s1[0] - s0[0]) - (s1[1] - s0[1])) / max(s1[2] - s0[2], 1e-9))
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    s0 = _cpu_snapshot()
+    t0 = time.perf_counter()
+    fn()
+    dt = time.perf_counter() - t0
+    return dt, _foreign(s0, _cpu_snapshot())
+
+
+@dataclass
+class Cell:
+    part: str
+    variant: str
+    times_s: list[float] = field(default_factory=list)
+    foreign_cores: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times_s)
+
+    def row(self, ref: "Cell | None", per: str = "s", scale: float = 1.0) -> str:
+        ratio = ""
+        if ref is not None and ref is not self:
+            ratio = f"  speed vs {ref.variant}: {ref.median / self.median:.3f}×  (time {self.median / ref.median:.3f}×)"
+        fc = max(self.foreign_cores) if self.foreign_cores else 0.0
+        return (f"  {self.variant:<22} {self.median * scale:10.4f} {per}  "
+                f"[{', '.join(f'{t * scale:.4f}' for t in self.times_s)}]  foreign≤{fc:.2f}{ratio}")
+
+
+# ------------------------------------------------------------------------------------------ models
+def load_smollm2(attn: str) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    from harness.embedded import ensure_embedded
+
+    folder = ensure_embedded("smollm2-135m-instruct")
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation=attn)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def deltamem_models(bare: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    models = {"bare": bare}
+    for name, cfg in (("deltamem_tsw", DeltaMemConfig.tsw(output_init="random")),
+                      ("deltamem_msw", DeltaMemConfig.msw(output_init="random"))):
+        m = copy.deepcopy(bare)
+        torch.manual_seed(1)
+        attach(m, cfg)
+        models[name] = m.eval()
+    return models
+
+
+def _reset(model: torch.nn.Module) -> None:
+    dm = getattr(model, "_deltamem", None)
+    if dm is not None:
+        dm.reset()
+
+
+def _state_norm(model: torch.nn.Module) -> float | None:
+    dm = getattr(model, "_deltamem", None)
+    if dm is None:
+        return None
+    return sum(float(dm.state.layer_state(i).norm()) for i in dm.state.layer_ids
+               if dm.state.layer_state(i) is not None)
+
+
+# ------------------------------------------------------------------------------------------ parts
+def part_prefill(models: dict[str, torch.nn.Module], length: int, reps: int) -> list[Cell]:
+    ids = torch.randint(0, 49152, (1, length), generator=torch.Generator().manual_seed(123))
+    mask = torch.ones_like(ids)
+
+    def run(m: torch.nn.Module) -> torch.Tensor:
+        _reset(m)
+        with torch.no_grad():
+            return m(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1).logits
+
+    cells = {v: Cell("prefill", v, extra={"tokens": length}) for v in models}
+    warm = {v: run(m) for v, m in models.items()}
+    for v, m in models.items():  # the memory must really act, or the timing means nothing
+        cells[v].extra.update(state_norm=_state_norm(m),
+                              max_logit_diff_vs_bare=float((warm[v] - warm["bare"]).abs().max()))
+    for _ in range(reps):
+        for v, m in models.items():
+            dt, fc = timed(lambda: run(m))
+            cells[v].times_s.append(dt)
+            cells[v].foreign_cores.append(fc)
+    return list(cells.values())
+
+
+def part_decode(models: dict[str, torch.nn.Module], prompt_len: int, new_tokens: int, reps: int) -> list[Cell]:
+    from transformers import DynamicCache
+
+    ids = torch.randint(0, 49152, (1, prompt_len), generator=torch.Generator().manual_seed(321))
+    cells = {v: Cell("decode", v, extra={"prompt": prompt_len, "new_tokens": new_tokens}) for v in models}
+    for rep in range(reps + 1):  # rep 0 warms up
+        caches, toks, per_step = {}, {}, {v: [] for v in models}
+        with torch.no_grad():
+            for v, m in models.items():
+                _reset(m)
+                caches[v] = DynamicCache()
+                out = m(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=caches[v],
+                        use_cache=True, logits_to_keep=1)
+                toks[v] = out.logits[:, -1:].argmax(-1)
+            fcs = []
+            for i in range(new_tokens):  # variants alternate step by step: load hits all alike
+                am = torch.ones(1, prompt_len + i + 1, dtype=torch.long)
+                for v, m in models.items():
+                    s0 = _cpu_snapshot()
+                    t0 = time.perf_counter()
+                    out = m(input_ids=toks[v], attention_mask=am, past_key_values=caches[v], use_cache=True)
+                    toks[v] = out.logits[:, -1:].argmax(-1)
+                    per_step[v].append(time.perf_counter() - t0)
+                    fcs.append(_foreign(s0, _cpu_snapshot()))
+        if rep == 0:
+            continue
+        for v in models:
+            cells[v].times_s.append(sum(per_step[v]) / new_tokens)
+            cells[v].foreign_cores.append(statistics.mean(fcs))
+            cells[v].extra.setdefault("median_step_s", []).append(statistics.median(per_step[v]))
+    return list(cells.values())
+
+
+def part_scan(lengths: list[int], reps: int) -> list[Cell]:
+    cells = []
+    r = 8
+    for t in lengths:
+        g = torch.Generator().manual_seed(0)
+        q = unit(torch.tanh(torch.randn(1, t, r, generator=g)))
+        k = unit(torch.tanh(torch.randn(1, t, r, generator=g)))
+        v = torch.randn(1, t, r, generator=g)
+        beta = torch.sigmoid(torch.randn(1, t, r, generator=g) - 1.5)
+        s0 = torch.zeros(1, r, r)
+        for name, fn in (("numba", scan_numba), ("per-token loop", scan_naive)):
+            def fwd() -> None:
+                with torch.no_grad():
+                    fn(q, k, v, beta, state=s0)
+
+            leaves = [x.clone().requires_grad_(True) for x in (q, k, v, beta, s0)]
+
+            def fwd_bwd() -> None:
+                reads, final = fn(*leaves[:4], state=leaves[4])
+                (reads.square().sum() + final.square().sum()).backward()
+
+            n = reps if (name == "numba" or t <= 2048) else 1  # the loop at 8k takes seconds
+            for mode, f in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+                f()
+                cell = Cell("scan", f"{name} {mode}", extra={"tokens": t})
+                for _ in range(max(n, 1) if name == "per-token loop" else max(n, 5)):
+                    dt, fc = timed(f)
+                    cell.times_s.append(dt)
+                    cell.foreign_cores.append(fc)
+                cells.append(cell)
+    return cells
+
+
+def part_train(bare: torch.nn.Module, write_len: int, read_len: int, reps: int) -> list[Cell]:
+    from peft import LoraConfig, get_peft_model
+
+    g = torch.Generator().manual_seed(7)
+    write_ids = torch.randint(0, 49152, (1, write_len), generator=g)
+    read_ids = torch.randint(0, 49152, (1, read_len), generator=g)
+    labels = read_ids.clone()
+    labels[:, : read_len // 2] = -100  # supervise the "answer" half
+
+    dm_model = copy.deepcopy(bare)
+    torch.manual_seed(1)
+    dm = attach(dm_model, DeltaMemConfig.tsw())  # base_slice_fixed: the training default
+    dm_model.train()
+    dm_opt = torch.optim.AdamW(dm.parameters(), lr=2e-4, weight_decay=0.0)
+
+    def dm_step() -> float:
+        dm.reset()
+        dm_model(input_ids=write_ids, attention_mask=torch.ones_like(write_ids), use_cache=False)
+        with dm.writes(False):
+            out = dm_model(input_ids=read_ids, attention_mask=torch.ones_like(read_ids), labels=labels,
+                           use_cache=False)
+        out.loss.backward()
+        dm_opt.step()
+        dm_opt.zero_grad(set_to_none=True)
+        return float(out.loss.detach())
+
+    lora_model = get_peft_model(copy.deepcopy(bare), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj"],
+                                                                lora_dropout=0.0))
+    lora_model.train()
+    lora_opt = torch.optim.AdamW([p for p in lora_model.parameters() if p.requires_grad], lr=2e-4)
+    full_ids = torch.cat([write_ids, read_ids], 1)
+    full_labels = torch.cat([torch.full_like(write_ids, -100), labels], 1)
+
+    def lora_step() -> float:
+        out = lora_model(input_ids=full_ids, attention_mask=torch.ones_like(full_ids), labels=full_labels,
+                         use_cache=False)
+        out.loss.backward()
+        lora_opt.step()
+        lora_opt.zero_grad(set_to_none=True)
+        return float(out.loss.detach())
+
+    cells = {"lora": Cell("train", "LoRA r8 q_proj", extra={"tokens": write_len + read_len,
+                                                           "trainable": sum(p.numel() for p in lora_model.parameters() if p.requires_grad)}),
+             "dm": Cell("train", "deltamem_tsw", extra={"write": write_len, "read": read_len,
+                                                        "trainable": dm.num_parameters()})}
+    dm_step(), lora_step()  # warm-up
+    # the gradient must really cross the state into the write pass
+    k_grad = 0.0
+    dm.reset()
+    dm_model(input_ids=write_ids, use_cache=False)
+    with dm.writes(False):
+        dm_model(input_ids=read_ids, labels=labels, use_cache=False).loss.backward()
+    for lay in dm.layers.values():
+        k_grad += float(lay.memory_k_proj.grad.norm())
+    dm_opt.zero_grad(set_to_none=True)
+    cells["dm"].extra["grad_norm_memory_k_proj"] = k_grad
+    for _ in range(reps):
+        for key, step in (("dm", dm_step), ("lora", lora_step)):
+            dt, fc = timed(step)
+            cells[key].times_s.append(dt)
+            cells[key].foreign_cores.append(fc)
+    return [cells["lora"], cells["dm"]]
+
+
+# ------------------------------------------------------------------------------------------ main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default="prefill,decode,scan,train")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    ap.add_argument("--prefill-len", type=int, default=2048)
+    ap.add_argument("--decode-prompt", type=int, default=512)
+    ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--scan-lens", default="512,2048,8192")
+    ap.add_argument("--write-len", type=int, default=1024)
+    ap.add_argument("--read-len", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None, help="write every cell as JSON here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    parts = args.parts.split(",")
+    import transformers
+
+    print(f"# torch {torch.__version__}, transformers {transformers.__version__}, threads "
+          f"{torch.get_num_threads()}, attn {args.attn}", flush=True)
+    all_cells: list[Cell] = []
+    bare = load_smollm2(args.attn) if {"prefill", "decode", "train"} & set(parts) else None
+    if {"prefill", "decode"} & set(parts):
+        models = deltamem_models(bare)
+        if "prefill" in parts:
+            cells = part_prefill(models, args.prefill_len, args.reps)
+            print(f"\nprefill {args.prefill_len} tokens (s, median of {args.reps}):")
+            for c in cells:
+                print(c.row(cells[0]))
+            all_cells += cells
+        if "decode" in parts:
+            cells = part_decode(models, args.decode_prompt, args.decode_tokens, args.reps)
+            print(f"\ndecode {args.decode_tokens} tokens after {args.decode_prompt} (ms/token, median of {args.reps}):")
+            for c in cells:
+                print(c.row(cells[0], per="ms/tok", scale=1e3))
+            all_cells += cells
+        del models
+    if "scan" in parts:
+        cells = part_scan([int(x) for x in args.scan_lens.split(",")], args.reps)
+        print("\nscan, one layer, B=1, r=8, fp32 (ms):")
+        for t in sorted({c.extra["tokens"] for c in cells}):
+            for mode in ("fwd", "fwd+bwd"):
+                fast = next(c for c in cells if c.extra["tokens"] == t and c.variant == f"numba {mode}")
+                slow = next(c for c in cells if c.extra["tokens"] == t and c.variant == f"per-token loop {mode}")
+                print(f"  T={t:<5} {mode:<8} numba {fast.median * 1e3:9.3f}   loop {slow.median * 1e3:10.1f}   "
+                      f"speed-up {slow.median / fast.median:8.0f}×")
+        all_cells += cells
+    if "train" in parts:
+        cells = part_train(bare, args.write_len, args.read_len, args.reps)
+        print(f"\ntraining step (s, median of {args.reps}): write {args.write_len} + read {args.read_len}")
+        print(cells[0].row(None))
+        print(cells[1].row(None) + f"  time vs LoRA: {cells[1].median / cells[0].median:.3f}×")
+        all_cells += cells
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([asdict(c) for c in all_cells], f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""δ-mem as a harness method and the notebook API, on the tiny Llama + tiny BPE backbone."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from methods.deltamem import DeltaMemConfig, attach
+from methods.deltamem.api import ask, chat_segments, write_history
+from methods.deltamem.method import DeltaMemMethod
+from tests.conftest import make_backbone
+from tests.methods.toy import ToyTask, dialogue_episode
+
+QUESTIONS = (("What is the name of Caroline's cat?", "Pixel"), ("Where did Melanie's sister move?", "Lisbon"),
+             ("Who likes Frida Kahlo?", "Caroline"))
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return make_backbone()
+
+
+def run_method(backbone, batch_size, **kw):
+    bb = copy.copy(backbone)
+    bb.model = copy.deepcopy(backbone.model)
+    task = ToyTask(generation={"max_new_tokens": 5})
+    m = DeltaMemMethod(name="deltamem_tsw", batch_size=batch_size, output_init="random", **kw)
+    m.setup(bb, task, seed=0)
+    ep = dialogue_episode(QUESTIONS)
+    info = m.ingest(ep)
+    preds = []
+    for i in range(0, len(ep.queries), batch_size):
+        preds += m.answer(ep, ep.queries[i:i + batch_size])
+    snap = m.dm.snapshot()
+    m.close()
+    assert not hasattr(bb.model, "_deltamem")
+    return info, [p.text for p in preds], snap
+
+
+@pytest.mark.parametrize("protocol", ["memory", "context"])
+@pytest.mark.parametrize("variant", [dict(), dict(num_state_heads=4), dict(write_granularity="message_mean")],
+                         ids=["tsw", "msw", "ssw"])
+def test_batched_answers_equal_one_by_one(backbone, protocol, variant):
+    """One ingest, then a snapshot serves every question: batching does not change any answer."""
+    info, batched, snap = run_method(backbone, 3, protocol=protocol, **variant)
+    _, single, _ = run_method(backbone, 1, protocol=protocol, **variant)
+    assert batched == single
+    assert info["protocol"] == protocol and info["tokens_written"] > 0
+    assert snap.batch_size == 1 and all(s.abs().sum() > 0 for s in snap.layers.values())
+
+
+def test_memory_protocol_chunks_carry_the_state(backbone):
+    info, _, _ = run_method(backbone, 3, protocol="memory", chunk_tokens=16)
+    assert info["chunks"] > 1
+
+
+def test_chat_segments_and_api(backbone):
+    tok = backbone.tokenizer
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "I adopted a cat. It is grey!"},
+            {"role": "assistant", "content": "Nice: a grey cat."}]
+    ids, seg = chat_segments(tok, msgs, granularity="message_mean")
+    assert ids == backbone.chat_ids(msgs, add_generation_prompt=False)
+    assert seg[0] == -1 and set(seg) == {-1, 0, 1}
+    assert seg.index(1) > max(i for i, s in enumerate(seg) if s == 0)
+    _, sent = chat_segments(tok, msgs, granularity="sentence_mean")
+    assert set(sent) == {-1, 0, 1, 2, 3}  # two sentences per non-system message
+    model = copy.deepcopy(backbone.model)
+    dm = attach(model, DeltaMemConfig.ssw(output_init="random"))
+    info = write_history(dm, tok, msgs[1:])
+    assert info["tokens_written"] > 0
+    before = dm.snapshot()
+    answer = ask(dm, tok, [{"role": "user", "content": "What colour is the cat?"}], max_new_tokens=4)
+    assert isinstance(answer, str)
+    assert all(torch.equal(before.layers[i], dm.snapshot().layers[i]) for i in before.layers)
