@@ -53,6 +53,17 @@ def refuse_benchmark_data(path: str | Path | None = None, *, hub_id: str | None 
                               "it must never be used for training")
 
 
+def data_path(path: str | Path) -> Path:
+    """``path`` as given if it exists or is absolute, else relative to the shared data root
+    (``$HARNESS_DATA``, default ``../shared/data``)."""
+    from tasks.base import data_root
+
+    p = Path(str(path)).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    return data_root() / p
+
+
 def stable_hash(*parts: Any) -> str:
     return hashlib.sha1("\x1f".join(str(p) for p in parts).encode("utf-8")).hexdigest()
 
@@ -172,8 +183,8 @@ class ChatJsonl(Source):
     def __init__(self, path: str, name: str = "chat_jsonl", limit: int | None = None) -> None:
         if not path:
             raise ConfigError("train_data source chat_jsonl needs path=/file.jsonl")
-        refuse_benchmark_data(path)
-        self.path = Path(path).expanduser()
+        self.path = data_path(path)
+        refuse_benchmark_data(self.path)
         self.name = name
         self.limit = limit
 
@@ -265,8 +276,8 @@ class QasperHF(Source):
                  limit: int | None = None, revision: str | None = None) -> None:
         if answers not in ("all", "first"):
             raise ConfigError(f"qasper answers={answers!r}: expected all or first")
-        refuse_benchmark_data(path, hub_id=None if path else hub_id)
-        self.path = Path(path).expanduser() if path else None
+        self.path = data_path(path) if path else None
+        refuse_benchmark_data(self.path, hub_id=None if path else hub_id)
         self.hub_id = hub_id
         self.split = split
         self.revision = revision
@@ -332,8 +343,8 @@ class LevalQasper(Source):
 
     def __init__(self, path: str, name: str = "qasper_leval", chunk_chars: int = 2000, system: str | None = None,
                  limit: int | None = None) -> None:
-        refuse_benchmark_data(path)
-        self.path = Path(path).expanduser()
+        self.path = data_path(path)
+        refuse_benchmark_data(self.path)
         self.name = name
         self.layout = _layout(chunk_chars, system)
         self.limit = limit
@@ -375,9 +386,9 @@ class Squality(Source):
             raise ConfigError("squality source needs paths=[...]")
         if answers not in ("all", "first"):
             raise ConfigError(f"squality answers={answers!r}: expected all or first")
-        for p in paths:
+        self.paths = [data_path(p) for p in paths]
+        for p in self.paths:
             refuse_benchmark_data(p)
-        self.paths = [Path(p).expanduser() for p in paths]
         self.name = name
         self.answers = answers
         self.layout = _layout(chunk_chars, system)

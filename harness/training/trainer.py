@@ -1,0 +1,627 @@
+"""The δ-mem training loop (deltamem.md §7.3–7.4): history-removed episodes, frozen backbone.
+
+One step = ``grad_accum`` episodes, each:
+
+    reset state → write pass (writes on, SSW message ids, autograd) → read pass (writes off)
+    → cross-entropy on the target tokens → backward through the read pass, the state and the write pass
+
+The loss of an accumulation group is normalised by the group's total number of target tokens (the HF
+causal-LM loss with ``num_items_in_batch``), plus an optional β-sparsity term computed, as in the
+reference, from the read pass's gates: ``w · mean_layers((mean_{t,i} β − target)²)``.
+AdamW (β 0.9/0.999, ε 1e-8, weight decay 0), cosine schedule to 0 with ``ceil(0.1·steps)`` warm-up steps,
+clipping at 1.0, bf16 autocast on CUDA with fp32 δ-mem weights (the reference's ZeRO-2 fp32 master copy).
+
+Everything a step depends on is either in a checkpoint (adapter, optimizer, scheduler, position, RNG) or
+a pure function of the config (episode order), so ``resume=true`` continues bit-exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from harness.errors import ConfigError, HarnessError
+from harness.training.data import EpisodeOrder, TrainingData
+from harness.training.episodes import IGNORE, ChatRenderer, Episode, TokenizedEpisode, tokenize_episode
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.pt"
+LOG_FILE = "train_log.jsonl"
+CURVE_FILE = "loss_curve.png"
+SUMMARY_FILE = "training.json"
+CONFIG_FILE = "train_config.yaml"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What a run computes (all of it is checked on resume)."""
+
+    write_length: int = 8192
+    read_length: int = 512
+    write_chunk: int | None = None   # write-pass tokens per model call (state carried); None: the backbone window
+    epochs: float = 1.0
+    max_steps: int | None = None     # overrides epochs when set
+    grad_accum: int = 4
+    lr: float = 2e-4
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    sparsity_weight: float = 0.0
+    sparsity_target: float = 0.05
+    precision: str = "auto"          # auto: bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        if self.write_length < 1 or self.read_length < 2:
+            raise ConfigError(f"train.write_length >= 1 and train.read_length >= 2 required "
+                              f"(got {self.write_length}, {self.read_length})")
+        if self.grad_accum < 1:
+            raise ConfigError(f"train.grad_accum must be >= 1, got {self.grad_accum}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"train.max_steps must be >= 1 or null, got {self.max_steps}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"train.precision={self.precision!r}: expected auto, fp32 or bf16")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    @classmethod
+    def from_mapping(cls, node: Mapping[str, Any]) -> "TrainSettings":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(node) - known)
+        if unknown:
+            raise ConfigError(f"train: unknown keys {unknown}; known: {sorted(known)}")
+        kw = dict(node)
+        if "adam_betas" in kw:
+            kw["adam_betas"] = tuple(float(x) for x in kw["adam_betas"])
+        return cls(**kw)
+
+    def total_steps(self, n_episodes: int) -> int:
+        if self.max_steps is not None:
+            return int(self.max_steps)
+        return max(1, math.ceil(n_episodes * self.epochs / self.grad_accum))
+
+    def warmup_steps(self, total: int) -> int:
+        return math.ceil(self.warmup_ratio * total)
+
+
+@dataclass(frozen=True)
+class RunControls:
+    """How this invocation runs; never changes what is computed."""
+
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    stop_after_steps: int | None = None  # steps in this invocation, then checkpoint and exit (resume later)
+    time_limit_min: float | None = None  # same, by wall clock
+    progress: bool = True
+    log_every: int = 1
+    threads: int | None = None           # torch intra-op threads; None keeps torch's default
+
+
+# ------------------------------------------------------------------------------------------ δ-mem setup
+def deltamem_config_from_method(method: Mapping[str, Any]):
+    """The :class:`DeltaMemConfig` a ``method`` config describes.
+
+    Reads ``variant`` (tsw | ssw | msw; default: the suffix of ``name``) and any DeltaMemConfig field, from a
+    ``deltamem`` sub-node if the method has one, else from the method node itself.
+    """
+    from methods.deltamem import DeltaMemConfig
+
+    node = dict(method.get("deltamem") or method)
+    name = str(method.get("name", ""))
+    variant = str(node.get("variant") or method.get("variant") or name.rsplit("_", 1)[-1]).lower()
+    presets = {"tsw": DeltaMemConfig.tsw, "ssw": DeltaMemConfig.ssw, "msw": DeltaMemConfig.msw}
+    if variant not in presets:
+        raise ConfigError(f"method={name or '?'} is not a δ-mem method (variant {variant!r}; expected tsw, ssw or msw)")
+    fields = {f.name for f in dataclasses.fields(DeltaMemConfig)} - {"extra"}
+    kw = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in node.items()
+          if k in fields and v is not None}
+    try:
+        return presets[variant](**kw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"method={name}: {exc}") from exc
+
+
+def _autocast(device: torch.device, precision: str, model_dtype: torch.dtype):
+    use_bf16 = precision == "bf16" or (precision == "auto" and (device.type == "cuda" or model_dtype != torch.float32))
+    if not use_bf16:
+        if model_dtype != torch.float32:
+            raise ConfigError(f"train.precision=fp32 needs an fp32 backbone (backbone.dtype is {model_dtype})")
+        return contextlib.nullcontext, "fp32"
+    return (lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)), "bf16"
+
+
+class BetaProbe:
+    """Mean write gate β of each δ-mem layer on the last forward (for the sparsity regulariser)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from methods.deltamem.surgery import DeltaMemProjection
+
+        self.means: list[torch.Tensor] = []
+        self.active = False
+        self._handles = []
+        for module in model.modules():
+            if isinstance(module, DeltaMemProjection) and module.head == "q":
+                self._handles.append(module.register_forward_hook(self._hook(module.deltamem_layer)))
+
+    def _hook(self, layer):
+        def fn(module, args, output):
+            if self.active:
+                x = args[0]
+                beta = torch.sigmoid(F.linear(x.float(), layer.beta_proj.float()) + layer.beta_bias.float())
+                self.means.append(beta.mean())
+        return fn
+
+    @contextlib.contextmanager
+    def collect(self, enabled: bool):
+        self.means = []
+        self.active = enabled
+        try:
+            yield
+        finally:
+            self.active = False
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+# ------------------------------------------------------------------------------------------ one episode
+@dataclass
+class EpisodeResult:
+    ce_sum: float
+    sparsity: float
+    target_tokens: int
+    write_tokens: int
+    read_tokens: int
+
+
+def _model_call(model, ids: torch.Tensor, keep):
+    try:
+        return model(input_ids=ids, use_cache=False, logits_to_keep=keep)
+    except TypeError:  # families without logits_to_keep: full logits
+        out = model(input_ids=ids, use_cache=False)
+        if isinstance(keep, torch.Tensor):
+            out.logits = out.logits[:, keep]
+        return out
+
+
+def episode_backward(model, dm, ep: TokenizedEpisode, *, device: torch.device, write_chunk: int,
+                     group_target_tokens: int, group_size: int, sparsity_weight: float, sparsity_target: float,
+                     probe: BetaProbe | None, autocast: Callable[[], Any]) -> EpisodeResult:
+    """Write, read, loss, backward for one episode; gradients accumulate into the δ-mem parameters."""
+    segmented = dm.config.write_granularity != "token"
+    dm.reset()
+    write = torch.tensor(ep.write_ids, dtype=torch.long, device=device).unsqueeze(0)
+    seg = torch.tensor(ep.write_message_ids, dtype=torch.long, device=device).unsqueeze(0)
+    with autocast():
+        with dm.writes(True):
+            for start in range(0, write.shape[1], write_chunk):
+                if segmented:
+                    dm.set_segment_ids(seg[:, start:start + write_chunk])
+                _model_call(model, write[:, start:start + write_chunk], 1)
+        labels = torch.tensor(ep.labels, dtype=torch.long, device=device)
+        positions = (labels[1:] != IGNORE).nonzero().squeeze(-1)  # logits at t predict token t+1
+        read = torch.tensor(ep.read_ids, dtype=torch.long, device=device).unsqueeze(0)
+        with dm.writes(False), (probe.collect(sparsity_weight > 0) if probe else contextlib.nullcontext()):
+            out = _model_call(model, read, positions)
+        logits = out.logits[0].float()
+        ce_sum = F.cross_entropy(logits, labels[positions + 1], reduction="sum")
+        loss = ce_sum / max(1, group_target_tokens)
+        sparsity = torch.zeros((), device=device)
+        if sparsity_weight > 0 and probe is not None and probe.means:
+            sparsity = torch.stack([(m - sparsity_target) ** 2 for m in probe.means]).mean()
+            loss = loss + sparsity_weight * sparsity / group_size
+    loss.backward()
+    dm.reset()  # drop the graph-holding state tensors
+    return EpisodeResult(ce_sum=float(ce_sum.detach()), sparsity=float(sparsity.detach()),
+                         target_tokens=int(positions.numel()), write_tokens=len(ep.write_ids),
+                         read_tokens=len(ep.read_ids))
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dirs(out_dir: Path) -> list[Path]:
+    root = out_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# ------------------------------------------------------------------------------------------ the trainer
+class Trainer:
+    def __init__(self, *, backbone, method_cfg: Mapping[str, Any], data: TrainingData, settings: TrainSettings,
+                 controls: RunControls, out_dir: Path, seed: int, semantic_config: dict[str, Any],
+                 data_name: str = "") -> None:
+        from methods.deltamem import attach
+        from methods.deltamem.adapter import load_adapter_weights, read_config
+
+        from harness.training.signature import backbone_signature, check_backbone_signature
+
+        self.backbone = backbone
+        self.model = backbone.model
+        self.device = backbone.device
+        self.data = data
+        self.settings = settings
+        self.controls = controls
+        self.out_dir = Path(out_dir)
+        self.seed = seed
+        self.semantic = semantic_config
+        self.data_name = data_name
+        config = deltamem_config_from_method(method_cfg)
+        init_adapter = method_cfg.get("adapter")
+        if init_adapter:  # warm start: the adapter's own shapes and init, then its weights
+            config = read_config(init_adapter)
+            check_backbone_signature(config.extra.get("backbone"), self.model, what=f"adapter {init_adapter}")
+        self.signature = backbone_signature(self.model, backbone.name)
+        config = dataclasses.replace(config, extra={**config.extra, "backbone": self.signature})
+        self.dm = attach(self.model, config)
+        if init_adapter:
+            load_adapter_weights(self.dm, init_adapter)
+        for p in self.dm.parameters(trainable_only=False):  # fp32 master weights whatever the backbone dtype
+            p.data = p.data.float()
+        self.params = self.dm.parameters(trainable_only=True)
+        self.autocast, self.precision = _autocast(self.device, settings.precision, backbone.dtype)
+        self.renderer = ChatRenderer.for_backbone(backbone)
+        self.write_chunk = int(settings.write_chunk or min(settings.write_length, backbone.window))
+        self.order = EpisodeOrder(len(data.train), seed=seed, shuffle=settings.shuffle)
+        self.total_steps = settings.total_steps(len(data.train))
+        self.warmup = settings.warmup_steps(self.total_steps)
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr, betas=settings.adam_betas,
+                                           eps=settings.adam_eps, weight_decay=settings.weight_decay,
+                                           **({"fused": True} if fused else {}))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.probe = BetaProbe(self.model) if settings.sparsity_weight > 0 else None
+        self.step = 0
+        self.position = 0
+        self.elapsed = 0.0
+        self.tokens = 0
+
+    def _lr_factor(self, step: int) -> float:
+        """Linear warm-up then cosine to 0 (transformers' get_cosine_schedule_with_warmup)."""
+        if step < self.warmup:
+            return step / max(1, self.warmup)
+        progress = (step - self.warmup) / max(1, self.total_steps - self.warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+    # -------------------------------------------------------------------------------- state
+    def _state(self) -> dict[str, Any]:
+        return {"step": self.step, "position": self.position, "elapsed_s": self.elapsed, "tokens": self.tokens,
+                "total_steps": self.total_steps, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": _rng_state(),
+                "data_fingerprint": self.data.fingerprint, "config": self.semantic}
+
+    def save_checkpoint(self) -> Path:
+        root = self.out_dir / CHECKPOINTS
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / f"step-{self.step:06d}"
+        tmp = root / f".tmp-step-{self.step:06d}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.dm.save_adapter(str(tmp / "adapter"))
+        torch.save(self._state(), tmp / STATE_FILE)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)  # a checkpoint is either complete or absent
+        for old in checkpoint_dirs(self.out_dir)[:-max(1, self.controls.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        from methods.deltamem.adapter import load_adapter_weights
+
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+        if state["data_fingerprint"] != self.data.fingerprint:
+            raise HarnessError(f"{path}: the training data changed since this checkpoint (fingerprint "
+                               f"{state['data_fingerprint']} then, {self.data.fingerprint} now); cannot resume exactly")
+        diff = _config_diff(state["config"], self.semantic)
+        if diff:
+            raise HarnessError(f"{path}: the config changed since this checkpoint ({'; '.join(diff[:5])}); "
+                               "resume needs the same config (only run.* may change)")
+        load_adapter_weights(self.dm, path / "adapter")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        self.step, self.position = int(state["step"]), int(state["position"])
+        self.elapsed, self.tokens = float(state["elapsed_s"]), int(state["tokens"])
+
+    # -------------------------------------------------------------------------------- loop
+    def _episode(self, position: int) -> TokenizedEpisode:
+        ep: Episode = self.data.train[self.order[position]]
+        return tokenize_episode(ep, self.renderer, write_length=self.settings.write_length,
+                                read_length=self.settings.read_length)
+
+    def train_step(self) -> dict[str, Any]:
+        s = self.settings
+        t0 = time.perf_counter()
+        group = [self._episode(self.position + i) for i in range(s.grad_accum)]
+        n_target = sum(max(0, sum(1 for x in ep.labels[1:] if x != IGNORE)) for ep in group)
+        results = [episode_backward(self.model, self.dm, ep, device=self.device, write_chunk=self.write_chunk,
+                                    group_target_tokens=n_target, group_size=len(group),
+                                    sparsity_weight=s.sparsity_weight, sparsity_target=s.sparsity_target,
+                                    probe=self.probe, autocast=self.autocast) for ep in group]
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.position += len(group)
+        seconds = time.perf_counter() - t0
+        self.elapsed += seconds
+        tokens = sum(r.write_tokens + r.read_tokens for r in results)
+        self.tokens += tokens
+        ce = sum(r.ce_sum for r in results) / max(1, n_target)
+        sparsity = sum(r.sparsity for r in results) / len(results)
+        return {"step": self.step, "position": self.position, "epoch": round(self.position / len(self.data.train), 4),
+                "loss": ce + s.sparsity_weight * sparsity, "ce": ce, "sparsity": sparsity, "lr": lr,
+                "grad_norm": float(grad_norm), "target_tokens": n_target, "tokens": tokens,
+                "write_tokens": sum(r.write_tokens for r in results),
+                "write_dropped": sum(ep.write_dropped for ep in group),
+                "read_dropped": sum(ep.read_dropped for ep in group),
+                "seconds": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 1),
+                "elapsed_s": round(self.elapsed, 2), "peak_mem_mb": round(_peak_memory_mb(self.device), 1)}
+
+    def run(self, *, resume: bool) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.out_dir / LOG_FILE
+        existing = checkpoint_dirs(self.out_dir)
+        if resume and existing:
+            self.load_checkpoint(existing[-1])
+            _truncate_log(log_path, self.step)
+            print(f"[train] resumed from {existing[-1]} (step {self.step}/{self.total_steps})", file=sys.stderr)
+        elif existing:
+            raise HarnessError(f"{self.out_dir} already has checkpoints (last: {existing[-1].name}); pass resume=true "
+                               "to continue, or choose another out_dir")
+        else:
+            if resume:
+                print(f"[train] resume=true but no checkpoint in {self.out_dir}: starting from step 0", file=sys.stderr)
+            log_path.unlink(missing_ok=True)
+        self.model.train()
+        started = time.time()
+        steps_here = 0
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.dm.config.variant}", unit="step",
+                   disable=not self.controls.progress, dynamic_ncols=True, file=sys.stderr)
+        ema = None
+        stopped = None
+        try:
+            with open(log_path, "a", encoding="utf-8") as log:
+                while self.step < self.total_steps:
+                    row = self.train_step()
+                    steps_here += 1
+                    if not math.isfinite(row["loss"]):
+                        raise HarnessError(f"step {self.step}: the loss is {row['loss']}; stopping (last checkpoint "
+                                           "is intact)")
+                    if self.step % self.controls.log_every == 0 or self.step == self.total_steps:
+                        log.write(json.dumps(row) + "\n")
+                        log.flush()
+                    ema = row["loss"] if ema is None else 0.9 * ema + 0.1 * row["loss"]
+                    bar.set_postfix(loss=f"{ema:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+                    bar.update(1)
+                    if self.step % self.controls.save_every == 0 and self.step < self.total_steps:
+                        self.save_checkpoint()
+                        plot_loss_curve(log_path, self.out_dir / CURVE_FILE)
+                    if self.controls.stop_after_steps and steps_here >= self.controls.stop_after_steps:
+                        stopped = f"stop_after_steps={self.controls.stop_after_steps}"
+                    elif self.controls.time_limit_min and time.time() - started > 60 * self.controls.time_limit_min:
+                        stopped = f"time_limit_min={self.controls.time_limit_min}"
+                    if stopped and self.step < self.total_steps:
+                        break
+                    stopped = None
+        finally:
+            bar.close()
+            self.model.eval()
+        if stopped:
+            path = self.save_checkpoint()
+            plot_loss_curve(log_path, self.out_dir / CURVE_FILE)
+            print(f"[train] paused at step {self.step}/{self.total_steps} ({stopped}); checkpoint {path}; "
+                  "continue with resume=true", file=sys.stderr)
+            return {"status": "paused", "step": self.step, "total_steps": self.total_steps}
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        from methods.deltamem.adapter import CONFIG_NAME
+
+        self.save_checkpoint()  # the final state, so a finished run can be extended or audited
+        self.dm.save_adapter(str(self.out_dir))
+        rows = read_log(self.out_dir / LOG_FILE)
+        plot_loss_curve(self.out_dir / LOG_FILE, self.out_dir / CURVE_FILE)
+        episodes = self.position
+        summary = {
+            "status": "complete",
+            "adapter": str(self.out_dir),
+            "variant": self.dm.config.variant,
+            "backbone": self.signature.get("name"),
+            "steps": self.step, "episodes": episodes, "epochs": round(episodes / len(self.data.train), 4),
+            "trainable_parameters": self.dm.num_parameters(),
+            "precision": self.precision, "device": str(self.device),
+            "train_seconds": round(self.elapsed, 1),
+            "seconds_per_episode": round(self.elapsed / max(1, episodes), 3),
+            "tokens": self.tokens, "tokens_per_s": round(self.tokens / max(1e-9, self.elapsed), 1),
+            "peak_mem_mb": max((r.get("peak_mem_mb", 0.0) for r in rows), default=0.0),
+            "first_loss": rows[0]["loss"] if rows else None,
+            "last_loss_mean10": (sum(r["loss"] for r in rows[-10:]) / len(rows[-10:])) if rows else None,
+            "data": self.data.describe(),
+            "data_name": self.data_name,
+            "heldout_ids": [e.id for e in self.data.heldout],
+        }
+        (self.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        assert (self.out_dir / CONFIG_NAME).is_file()
+        return summary
+
+    def close(self) -> None:
+        if self.probe:
+            self.probe.remove()
+
+
+def _config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} then, {b!r} now"]
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a crash
+            break
+    return rows
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log lines of steps the checkpoint covers (a crash may have logged a few more)."""
+    rows = [r for r in read_log(path) if r["step"] <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def plot_loss_curve(log_path: Path, png_path: Path) -> None:
+    rows = read_log(log_path)
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    loss = [r["loss"] for r in rows]
+    smooth, ema = [], None
+    for x in loss:
+        ema = x if ema is None else 0.9 * ema + 0.1 * x
+        smooth.append(ema)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, loss, color="tab:blue", alpha=0.35, linewidth=1, label="loss (per step)")
+    ax.plot(steps, smooth, color="tab:blue", linewidth=2, label="EMA 0.9")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("target-token cross-entropy")
+    ax.grid(alpha=0.3)
+    lr_ax = ax.twinx()
+    lr_ax.plot(steps, [r["lr"] for r in rows], color="tab:orange", linewidth=1, label="learning rate")
+    lr_ax.set_ylabel("learning rate")
+    lines = ax.get_legend_handles_labels()
+    lr_lines = lr_ax.get_legend_handles_labels()
+    ax.legend(lines[0] + lr_lines[0], lines[1] + lr_lines[1], loc="upper right", fontsize=8)
+    ax.set_title(png_path.parent.name)
+    fig.tight_layout()
+    tmp = png_path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+
+
+def build_sources(node: Mapping[str, Any]) -> list:
+    """Instantiate ``train_data.sources`` (a mapping name → source config with ``_target_``)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    sources = node.get("sources") or {}
+    if not isinstance(sources, Mapping) or not sources:
+        raise ConfigError("train_data.sources must be a non-empty mapping of name -> source config")
+    out = []
+    for name, spec in sources.items():
+        if spec is None:  # a mixture entry switched off with train_data.sources.NAME=null
+            continue
+        try:
+            src = instantiate(spec, _convert_="all")
+        except InstantiationException as exc:
+            cause = exc.__cause__ or exc
+            if isinstance(cause, HarnessError):
+                raise cause from exc
+            raise ConfigError(f"train_data.sources.{name}: {cause}") from exc
+        src.name = str(name)
+        out.append(src)
+    if not out:
+        raise ConfigError("train_data.sources: every source is switched off")
+    return out
+
+
+def run_training(cfg, *, load: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """``python -m harness.train``: compose → data → backbone → δ-mem → train (or resume)."""
+    from omegaconf import OmegaConf
+
+    from harness.backbone import load_backbone
+    from harness.runner import seed_everything
+    from harness.training.data import build_training_data
+
+    run = cfg.get("run") or {}
+    if run.get("threads"):
+        torch.set_num_threads(int(run.threads))
+    settings = TrainSettings.from_mapping(OmegaConf.to_container(cfg.train, resolve=True))
+    run_node = OmegaConf.to_container(run, resolve=True) if run else {}
+    unknown = sorted(set(run_node) - {f.name for f in dataclasses.fields(RunControls)})
+    if unknown:
+        raise ConfigError(f"run: unknown keys {unknown}")
+    controls = RunControls(**run_node)
+    if controls.save_every < 1:
+        raise ConfigError(f"run.save_every must be >= 1, got {controls.save_every}")
+    td = cfg.train_data
+    data = build_training_data(build_sources(td), heldout_fraction=float(td.get("heldout_fraction", 0.1)),
+                               split_seed=int(td.get("split_seed", 42)))
+    semantic = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("run", "resume", "out_dir"):
+        semantic.pop(key, None)
+    out_dir = Path(str(cfg.out_dir))
+    seed = int(cfg.seed)
+    seed_everything(seed)
+    backbone = (load or load_backbone)(cfg.backbone)
+    trainer = Trainer(backbone=backbone, method_cfg=OmegaConf.to_container(cfg.method, resolve=True), data=data,
+                      settings=settings, controls=controls, out_dir=out_dir, seed=seed, semantic_config=semantic,
+                      data_name=str(td.get("name", "")))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    print(f"[train] {trainer.dm!r} on {backbone.name}; {len(data.train)} training episodes "
+          f"({len(data.heldout)} held out); {trainer.total_steps} steps × {settings.grad_accum} episodes; "
+          f"{trainer.precision} on {backbone.device}", file=sys.stderr)
+    try:
+        return trainer.run(resume=bool(cfg.get("resume", False)))
+    finally:
+        trainer.close()
