@@ -157,32 +157,37 @@ def generate_batch(model, suffixes: Sequence[Sequence[int]], settings: Generatio
     logits = out.logits[:, -1]
     if prefix is None:
         cache = reserve(cache, b, settings.max_new_tokens)
-    alive = list(range(b))  # original row index of each live row
+    rows = list(range(b))  # original index of each row still in the batch
+    live = torch.ones(b, dtype=torch.bool, device=device)  # rows that have not stopped yet
     results: list[list[int]] = [[] for _ in range(b)]
     stopped = [False] * b
     last_pos = positions[:, -1]
     stop = torch.tensor(sorted(stop_ids), device=device) if stop_ids else None
     for step in range(settings.max_new_tokens):
-        tok = _next_tokens(logits, settings, [generators[i] for i in alive] if generators else None)
+        tok = _next_tokens(logits, settings, [generators[i] for i in rows] if generators else None)
         done = torch.isin(tok, stop) if stop is not None else torch.zeros_like(tok, dtype=torch.bool)
-        for j, row in enumerate(alive):
+        for j, row in enumerate(rows):
+            if not live[j]:
+                continue
             if done[j]:
                 stopped[row] = True
             else:
                 results[row].append(int(tok[j]))
-        if step == settings.max_new_tokens - 1:
+        live &= ~done
+        if step == settings.max_new_tokens - 1 or not live.any():
             break
-        keep = (~done).nonzero().flatten()
-        if keep.numel() == 0:
-            break
-        if keep.numel() < len(alive):
-            # Dropping finished rows keeps the batch as small as the work left.
+        finished = int((~live).sum())
+        if 4 * finished >= len(rows):
+            # Compacting copies the whole cache, so it waits until a quarter of the rows
+            # are done; until then finished rows ride along and their tokens are ignored.
+            keep = live.nonzero().flatten()
             cache.batch_select_indices(keep)
             for h in hooks:
                 h.on_select(keep)
-            alive = [alive[int(j)] for j in keep]
-            tok, mask, last_pos = tok[keep], mask[keep], last_pos[keep]
-        mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=device)], dim=1)
+            rows = [rows[int(j)] for j in keep]
+            tok, mask, last_pos, live = tok[keep], mask[keep], last_pos[keep], live[keep]
+        tok = torch.where(live, tok, torch.full_like(tok, pad_id))
+        mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
         last_pos = last_pos + 1
         out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=last_pos[:, None],
                     past_key_values=cache, use_cache=True)
