@@ -374,6 +374,7 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         s = self.settings
         t0 = time.perf_counter()
+        c0 = time.process_time()
         group = [self._episode(self.position + i) for i in range(s.grad_accum)]
         n_target = sum(max(0, sum(1 for x in ep.labels[1:] if x != IGNORE)) for ep in group)
         results = [episode_backward(self.model, self.dm, ep, device=self.device, write_chunk=self.write_chunk,
@@ -399,7 +400,8 @@ class Trainer:
                 "write_tokens": sum(r.write_tokens for r in results),
                 "write_dropped": sum(ep.write_dropped for ep in group),
                 "read_dropped": sum(ep.read_dropped for ep in group),
-                "seconds": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 1),
+                "seconds": round(seconds, 4), "cpu_seconds": round(time.process_time() - c0, 4),
+                "tokens_per_s": round(tokens / seconds, 1),
                 "elapsed_s": round(self.elapsed, 2), "peak_mem_mb": round(_peak_memory_mb(self.device), 1)}
 
     def run(self, *, resume: bool) -> dict[str, Any]:

@@ -125,7 +125,7 @@ def test_resume_continues_exactly(tmp_path):
     assert done["status"] == "complete" and done["steps"] == 4
     a, b = weights(straight), weights(paused)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    drop = ("seconds", "tokens_per_s", "elapsed_s", "peak_mem_mb")
+    drop = ("seconds", "cpu_seconds", "tokens_per_s", "elapsed_s", "peak_mem_mb")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
     assert strip(log_rows(straight)) == strip(log_rows(paused))
 
