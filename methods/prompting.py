@@ -7,7 +7,7 @@ prefix that is prefilled once.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from harness.backbone import Backbone
@@ -62,9 +62,18 @@ def answer_batch(backbone: Backbone, task: Task, prompts: EpisodePrompts, querie
     settings = settings or task.generation_for(queries[0])
     p = prompts.prefix.length if prompts.prefix else 0
     full = [prompts.ids[q.id] for q in queries]
+    room = backbone.window - max(len(f) for f in full)
+    if room <= 0:
+        raise ValueError(f"{task.name}: a prompt of {max(len(f) for f in full)} tokens leaves no room to answer "
+                         f"in the {backbone.window}-token window")
+    capped = settings.max_new_tokens > room
+    if capped:
+        # An answer may not run past the backbone's window (e.g. GPQA's 8,192-token budget on an 8k model).
+        settings = replace(settings, max_new_tokens=room)
     gens = generate_batch(backbone.model, [f[p:] for f in full], settings, stop_ids=backbone.stop_ids,
                           pad_id=backbone.pad_id, prefix=prompts.prefix,
                           seeds=[task.query_seed(q, seed) for q in queries], hooks=hooks)
     return [Prediction(text=backbone.decode(g.ids).strip(), prompt_tokens=len(f), new_tokens=len(g.ids),
-                       context_tokens=context_tokens, info={"stopped": g.stopped, "prefix_tokens": p})
+                       context_tokens=context_tokens, info={"stopped": g.stopped, "prefix_tokens": p,
+                                                             **({"max_new_tokens_capped_to": room} if capped else {})})
             for f, g in zip(full, gens)]
