@@ -605,6 +605,7 @@ def run_training(cfg, *, load: Callable[[Any], Any] | None = None) -> dict[str, 
     controls = RunControls(**run_node)
     if controls.save_every < 1:
         raise ConfigError(f"run.save_every must be >= 1, got {controls.save_every}")
+    deltamem_config_from_method(OmegaConf.to_container(cfg.method, resolve=True))  # fail before any loading
     td = cfg.train_data
     data = build_training_data(build_sources(td), heldout_fraction=float(td.get("heldout_fraction", 0.1)),
                                split_seed=int(td.get("split_seed", 42)))
