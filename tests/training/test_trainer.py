@@ -195,3 +195,37 @@ def test_bad_training_file_fails_with_line_and_field(tmp_path):
     cfg = train_cfg(tmp_path / "out", data=["train_data=jsonl", f"train_data.sources.jsonl.path={bad}"])
     with pytest.raises(HarnessError, match=r"line 2, messages\[0\]: missing field 'content'"):
         run_training(cfg, load=lambda _: tiny())
+
+
+def test_learning_goes_through_the_memory(tmp_path):
+    """Overfit one episode: the loss falls, and only with the history written (an empty state is inert)."""
+    from methods.deltamem import DeltaMem
+
+    from harness.training.data import build_training_data
+    from harness.training.trainer import build_sources
+
+    cfg = train_cfg(tmp_path, "train.max_steps=15", "train.lr=1e-2", "train.warmup_ratio=0.0", "train.grad_accum=1",
+                    "train_data.sources.synthetic.conversations=1", "train_data.sources.synthetic.questions=1",
+                    "train_data.heldout_fraction=0.0")
+    run_training(cfg, load=lambda _: tiny())
+    losses = [r["loss"] for r in log_rows(tmp_path)]
+    assert losses[-1] < 0.7 * losses[0]
+    bb = tiny()
+    ep = build_training_data(build_sources(cfg.train_data), heldout_fraction=0.0, split_seed=0).train[0]
+    tok = tokenize_episode(ep, ChatRenderer.for_backbone(bb), write_length=96, read_length=64)
+    read = torch.tensor([tok.read_ids])
+    labels = torch.tensor([tok.labels])
+
+    def read_loss() -> float:
+        with torch.no_grad():
+            return float(bb.model(input_ids=read, labels=labels).loss)
+
+    bare = read_loss()
+    dm = DeltaMem.from_adapter(bb.model, str(tmp_path))
+    dm.reset()
+    with dm.writes(False):
+        assert read_loss() == pytest.approx(bare, abs=1e-6)  # nothing written: the backbone exactly
+    with torch.no_grad(), dm.writes(True):
+        bb.model(input_ids=torch.tensor([tok.write_ids]))
+    with dm.writes(False):
+        assert read_loss() < 0.7 * bare
