@@ -1,0 +1,182 @@
+"""Held-out evaluation of a trained δ-mem adapter on the episodes its training run never saw.
+
+Conditions, all on the same held-out episodes:
+
+* ``nocontext``: the bare backbone, system + question only (the history-removed floor);
+* ``context``: the bare backbone with the whole history in the prompt (left-truncated to the window);
+* ``memory:<name>``: δ-mem with an adapter (trained, or ``untrained`` = a fresh seeded initialisation): the
+  history is written into the state (left-truncated to the training write length), then system + question
+  are read with writes off — the training protocol.
+
+Metrics per episode: the target-token cross-entropy (teacher forced, mean over the target's tokens) and,
+optionally, token F1 of a greedy answer against every reference (best match). Differences to
+``nocontext`` are paired per episode, with a bootstrap 95% interval that resamples whole documents.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from harness.metrics import bootstrap_ci, mean
+from harness.training.episodes import IGNORE, ChatRenderer, Episode, tokenize_episode
+from harness.training.sources import stable_hash
+
+
+@dataclass
+class ConditionResult:
+    name: str
+    ce: list[float] = field(default_factory=list)
+    f1: list[float] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+
+
+def _target_ce(model, ids: Sequence[int], labels: Sequence[int], device: torch.device) -> float:
+    x = torch.tensor([list(ids)], device=device)
+    lab = torch.tensor(list(labels), device=device)
+    pos = (lab[1:] != IGNORE).nonzero().squeeze(-1)
+    out = model(input_ids=x, use_cache=False, logits_to_keep=pos)
+    return float(F.cross_entropy(out.logits[0].float(), lab[pos + 1]))
+
+
+def _greedy(model, prompt: Sequence[int], *, device: torch.device, max_new_tokens: int, stop: set[int]) -> list[int]:
+    """Greedy decoding with a KV cache, token by token (batch 1; δ-mem stays read-only outside)."""
+    x = torch.tensor([list(prompt)], device=device)
+    out = model(input_ids=x, use_cache=True)
+    past, new = out.past_key_values, []
+    for _ in range(max_new_tokens):
+        token = int(out.logits[0, -1].argmax())
+        if token in stop:
+            break
+        new.append(token)
+        out = model(input_ids=torch.tensor([[token]], device=device), past_key_values=past, use_cache=True)
+        past = out.past_key_values
+    return new
+
+
+def _f1(prediction: str, references: Sequence[str]) -> float:
+    from tasks.qa_metrics import f1_lenient
+
+    return max((f1_lenient(prediction, r) for r in references), default=0.0)
+
+
+def select(episodes: Sequence[Episode], limit: int | None, seed: int = 0) -> list[Episode]:
+    """A deterministic subset of ``limit`` episodes, proportional per source (hash order inside a source)."""
+    if limit is None or limit >= len(episodes):
+        return list(episodes)
+    by_source: dict[str, list[Episode]] = {}
+    for e in episodes:
+        by_source.setdefault(e.source, []).append(e)
+    out: list[Episode] = []
+    for source, eps in sorted(by_source.items()):
+        k = max(1, round(limit * len(eps) / len(episodes)))
+        out += sorted(eps, key=lambda e: stable_hash("select", seed, e.id))[:k]
+    return out
+
+
+@torch.no_grad()
+def evaluate(backbone, episodes: Sequence[Episode], *, adapters: dict[str, str | None], write_length: int,
+             read_length: int = 512, conditions: Sequence[str] = ("nocontext", "context"), generate: bool = False,
+             max_new_tokens: int = 48, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Run every condition on ``episodes``; ``adapters`` maps a name to an adapter dir (None: untrained,
+    built with the config of the first adapter that has a path)."""
+    from tqdm import tqdm
+
+    from methods.deltamem import DeltaMemConfig, attach
+    from methods.deltamem.adapter import read_config
+
+    from harness.training.signature import check_backbone_signature
+
+    model, device = backbone.model, backbone.device
+    renderer = ChatRenderer.for_backbone(backbone)
+    stop = backbone.stop_ids
+    model.eval()
+    results: dict[str, ConditionResult] = {}
+    base_config = next((read_config(p) for p in adapters.values() if p), DeltaMemConfig.tsw())
+    plan: list[tuple[str, str | None, bool]] = [(c, None, False) for c in conditions]
+    plan += [(f"memory:{name}", path, True) for name, path in adapters.items()]
+    for cond, path, memory in plan:
+        res = results[cond] = ConditionResult(cond)
+        dm = None
+        if memory:
+            if path:
+                config = read_config(path)
+                check_backbone_signature(config.extra.get("backbone"), model, what=f"adapter {path}")
+                dm = attach(model, config)
+                dm.load_adapter(path)
+            else:
+                with torch.random.fork_rng():
+                    torch.manual_seed(seed)
+                    dm = attach(model, base_config)
+        try:
+            for ep in tqdm(episodes, desc=cond, disable=not progress, leave=False):
+                tok = tokenize_episode(ep, renderer, write_length=write_length, read_length=read_length)
+                if cond == "context":
+                    msgs = list(ep.write) + list(ep.read[len(ep.system):])
+                    ids, owner = renderer.encode(msgs)
+                    labels = [t if o == len(msgs) - 1 else IGNORE for t, o in zip(ids, owner)]
+                    keep = backbone.window
+                    ids, labels = ids[-keep:], labels[-keep:]
+                    prompt = backbone.chat_ids(msgs[:-1])[-(keep - max_new_tokens):]
+                else:
+                    ids, labels = list(tok.read_ids), list(tok.labels)
+                    prompt = backbone.chat_ids(list(ep.read[:-1]))
+                ctx = contextlib.nullcontext()
+                if dm is not None:
+                    dm.reset()
+                    if dm.config.write_granularity != "token":
+                        dm.set_segment_ids(torch.tensor([list(tok.write_message_ids)], device=device))
+                    with dm.writes(True):
+                        model(input_ids=torch.tensor([list(tok.write_ids)], device=device), use_cache=False,
+                              logits_to_keep=1)
+                    ctx = dm.writes(False)
+                with ctx:
+                    res.ce.append(_target_ce(model, ids, labels, device))
+                    if generate:
+                        answer = backbone.decode(_greedy(model, prompt, device=device, max_new_tokens=max_new_tokens,
+                                                         stop=stop)).strip()
+                        res.answers.append(answer)
+                        res.f1.append(_f1(answer, ep.metadata.get("references") or [ep.target]))
+        finally:
+            if dm is not None:
+                dm.detach()
+    return summarise(results, episodes)
+
+
+def summarise(results: dict[str, ConditionResult], episodes: Sequence[Episode]) -> dict[str, Any]:
+    groups = [f"{e.source}/{e.group}" for e in episodes]
+    out: dict[str, Any] = {"n_episodes": len(episodes), "n_groups": len(set(groups)),
+                           "sources": dict(statistics_by_source(episodes)), "conditions": {}, "vs_nocontext": {}}
+    for name, res in results.items():
+        row: dict[str, Any] = {"ce": mean(res.ce), "ce_ci95": list(bootstrap_ci(res.ce, groups))}
+        if res.f1:
+            row.update(f1=mean(res.f1), f1_ci95=list(bootstrap_ci(res.f1, groups)))
+        out["conditions"][name] = row
+    floor = results.get("nocontext")
+    if floor is not None:
+        for name, res in results.items():
+            if name == "nocontext":
+                continue
+            gain = [b - a for a, b in zip(res.ce, floor.ce)]  # CE drop: positive = better than no context
+            row = {"ce_drop": mean(gain), "ce_drop_ci95": list(bootstrap_ci(gain, groups))}
+            if res.f1 and floor.f1:
+                d = [a - b for a, b in zip(res.f1, floor.f1)]
+                row.update(f1_gain=mean(d), f1_gain_ci95=list(bootstrap_ci(d, groups)))
+            row["beats_nocontext"] = row["ce_drop_ci95"][0] > 0 and ("f1_gain_ci95" not in row
+                                                                     or row["f1_gain_ci95"][0] > 0)
+            out["vs_nocontext"][name] = row
+    out["examples"] = [{"id": e.id, "question": e.question, "target": e.target,
+                        **{n: r.answers[i] for n, r in results.items() if r.answers}}
+                       for i, e in enumerate(episodes[:5])]
+    return out
+
+
+def statistics_by_source(episodes: Sequence[Episode]):
+    counts: dict[str, int] = {}
+    for e in episodes:
+        counts[e.source] = counts.get(e.source, 0) + 1
+    return sorted(counts.items())
+
