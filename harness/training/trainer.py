@@ -110,6 +110,8 @@ class RunControls:
     progress: bool = True
     log_every: int = 1
     threads: int | None = None           # torch intra-op threads; None keeps torch's default
+    eval_every: int | None = 50          # held-out target CE (memory vs no memory) every N steps and at the end
+    eval_episodes: int = 32              # fixed held-out subset for that (proportional per source)
 
 
 # ------------------------------------------------------------------------------------------ δ-mem setup
@@ -312,6 +314,8 @@ class Trainer:
                                            **({"fused": True} if fused else {}))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.probe = BetaProbe(self.model) if settings.sparsity_weight > 0 else None
+        self.eval_set = self._eval_set()
+        self.eval_floor: float | None = None
         self.step = 0
         self.position = 0
         self.elapsed = 0.0
@@ -323,6 +327,54 @@ class Trainer:
             return step / max(1, self.warmup)
         progress = (step - self.warmup) / max(1, self.total_steps - self.warmup)
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+    # -------------------------------------------------------------------------------- held-out loss
+    def _eval_set(self) -> list[TokenizedEpisode]:
+        from harness.training.heldout import select
+
+        if not self.controls.eval_every or not self.data.heldout:
+            return []
+        picked = select(self.data.heldout, self.controls.eval_episodes, seed=self.seed)
+        return [tokenize_episode(ep, self.renderer, write_length=self.settings.write_length,
+                                 read_length=self.settings.read_length) for ep in picked]
+
+    @torch.no_grad()
+    def heldout_ce(self, with_memory: bool = True) -> float:
+        """Mean target CE on the fixed held-out subset: history written (training protocol) or not written
+        (an empty state is inert, so this is the bare backbone with the question only)."""
+        was_training = self.model.training
+        self.model.eval()
+        segmented = self.dm.config.write_granularity != "token"
+        values = []
+        try:
+            with self.autocast():
+                for ep in self.eval_set:
+                    self.dm.reset()
+                    if with_memory:
+                        write = torch.tensor([ep.write_ids], device=self.device)
+                        seg = torch.tensor([ep.write_message_ids], device=self.device)
+                        with self.dm.writes(True):
+                            for start in range(0, write.shape[1], self.write_chunk):
+                                if segmented:
+                                    self.dm.set_segment_ids(seg[:, start:start + self.write_chunk])
+                                _model_call(self.model, write[:, start:start + self.write_chunk], 1)
+                    labels = torch.tensor(ep.labels, device=self.device)
+                    pos = (labels[1:] != IGNORE).nonzero().squeeze(-1)
+                    with self.dm.writes(False):
+                        out = _model_call(self.model, torch.tensor([ep.read_ids], device=self.device), pos)
+                    values.append(float(F.cross_entropy(out.logits[0].float(), labels[pos + 1])))
+        finally:
+            self.dm.reset()
+            self.model.train(was_training)
+        return sum(values) / len(values)
+
+    def eval_row(self) -> dict[str, Any]:
+        if self.eval_floor is None:
+            self.eval_floor = self.heldout_ce(with_memory=False)
+        t0 = time.perf_counter()
+        ce = self.heldout_ce()
+        return {"kind": "eval", "step": self.step, "heldout_ce": ce, "heldout_ce_nocontext": self.eval_floor,
+                "heldout_episodes": len(self.eval_set), "seconds": round(time.perf_counter() - t0, 2)}
 
     # -------------------------------------------------------------------------------- state
     def _state(self) -> dict[str, Any]:
@@ -394,7 +446,7 @@ class Trainer:
         self.tokens += tokens
         ce = sum(r.ce_sum for r in results) / max(1, n_target)
         sparsity = sum(r.sparsity for r in results) / len(results)
-        return {"step": self.step, "position": self.position, "epoch": round(self.position / len(self.data.train), 4),
+        return {"kind": "train", "step": self.step, "position": self.position, "epoch": round(self.position / len(self.data.train), 4),
                 "loss": ce + s.sparsity_weight * sparsity, "ce": ce, "sparsity": sparsity, "lr": lr,
                 "grad_norm": float(grad_norm), "target_tokens": n_target, "tokens": tokens,
                 "write_tokens": sum(r.write_tokens for r in results),
@@ -428,8 +480,11 @@ class Trainer:
                    disable=not self.controls.progress, dynamic_ncols=True, file=sys.stderr)
         ema = None
         stopped = None
+        every = self.controls.eval_every if self.eval_set else None
         try:
             with open(log_path, "a", encoding="utf-8") as log:
+                if every and self.step == 0:
+                    log.write(json.dumps(self.eval_row()) + "\n")
                 while self.step < self.total_steps:
                     row = self.train_step()
                     steps_here += 1
@@ -442,6 +497,12 @@ class Trainer:
                     ema = row["loss"] if ema is None else 0.9 * ema + 0.1 * row["loss"]
                     bar.set_postfix(loss=f"{ema:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
                     bar.update(1)
+                    if every and (self.step % every == 0 or self.step == self.total_steps):
+                        ev = self.eval_row()
+                        log.write(json.dumps(ev) + "\n")
+                        log.flush()
+                        bar.write(f"[train] step {self.step}: held-out CE {ev['heldout_ce']:.4f} "
+                                  f"(no memory {ev['heldout_ce_nocontext']:.4f}, {ev['heldout_episodes']} episodes)")
                     if self.step % self.controls.save_every == 0 and self.step < self.total_steps:
                         self.save_checkpoint()
                         plot_loss_curve(log_path, self.out_dir / CURVE_FILE)
@@ -468,7 +529,9 @@ class Trainer:
 
         self.save_checkpoint()  # the final state, so a finished run can be extended or audited
         self.dm.save_adapter(str(self.out_dir))
-        rows = read_log(self.out_dir / LOG_FILE)
+        logged = read_log(self.out_dir / LOG_FILE)
+        rows = [r for r in logged if r.get("kind", "train") == "train"]
+        evals = [r for r in logged if r.get("kind") == "eval"]
         plot_loss_curve(self.out_dir / LOG_FILE, self.out_dir / CURVE_FILE)
         episodes = self.position
         summary = {
@@ -485,6 +548,9 @@ class Trainer:
             "peak_mem_mb": max((r.get("peak_mem_mb", 0.0) for r in rows), default=0.0),
             "first_loss": rows[0]["loss"] if rows else None,
             "last_loss_mean10": (sum(r["loss"] for r in rows[-10:]) / len(rows[-10:])) if rows else None,
+            "heldout_ce_first": evals[0]["heldout_ce"] if evals else None,
+            "heldout_ce_last": evals[-1]["heldout_ce"] if evals else None,
+            "heldout_ce_nocontext": evals[-1]["heldout_ce_nocontext"] if evals else None,
             "data": self.data.describe(),
             "data_name": self.data_name,
             "heldout_ids": [e.id for e in self.data.heldout],
@@ -526,7 +592,9 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def plot_loss_curve(log_path: Path, png_path: Path) -> None:
-    rows = read_log(log_path)
+    logged = read_log(log_path)
+    rows = [r for r in logged if r.get("kind", "train") == "train"]
+    evals = [r for r in logged if r.get("kind") == "eval"]
     if not rows:
         return
     import matplotlib
@@ -543,6 +611,11 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, loss, color="tab:blue", alpha=0.35, linewidth=1, label="loss (per step)")
     ax.plot(steps, smooth, color="tab:blue", linewidth=2, label="EMA 0.9")
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["heldout_ce"] for r in evals], "o-", color="tab:green",
+                markersize=3, label="held-out, memory")
+        ax.axhline(evals[-1]["heldout_ce_nocontext"], color="tab:red", linestyle="--", linewidth=1,
+                   label="held-out, no memory")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("target-token cross-entropy")
     ax.grid(alpha=0.3)

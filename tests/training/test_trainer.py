@@ -22,7 +22,8 @@ from tests.conftest import make_backbone
 CONF = Path(__file__).resolve().parents[2] / "conf"
 SYNTH = ["train_data=synthetic", "train_data.sources.synthetic.conversations=8",
          "train_data.sources.synthetic.questions=2"]
-QUICK = ["train.write_length=96", "train.read_length=64", "train.grad_accum=2", "run.progress=false"]
+QUICK = ["train.write_length=96", "train.read_length=64", "train.grad_accum=2", "run.progress=false",
+         "run.eval_episodes=2"]
 
 
 def train_cfg(tmp_path: Path, *overrides: str, variant: str = "tsw", data: list[str] = SYNTH):
@@ -42,8 +43,9 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "deltamem_model.safetensors"))
 
 
-def log_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in (path / LOG_FILE).read_text().splitlines()]
+def log_rows(path: Path, kind: str = "train") -> list[dict]:
+    rows = [json.loads(line) for line in (path / LOG_FILE).read_text().splitlines()]
+    return [r for r in rows if r["kind"] == kind]
 
 
 # ------------------------------------------------------------------------------------------ one episode
@@ -96,6 +98,9 @@ def test_two_step_run_trains_only_deltamem_and_writes_its_outputs(tmp_path):
     assert all(torch.isfinite(torch.tensor(r["loss"])) and r["grad_norm"] > 0 for r in rows)
     assert rows[0]["lr"] == 0.0 and rows[1]["lr"] == pytest.approx(2e-4)  # warm-up step 0, then the peak
     assert rows[0]["sparsity"] > 0
+    evals = log_rows(tmp_path, "eval")  # held-out CE before training and at the end, on the same 2 episodes
+    assert [r["step"] for r in evals] == [0, 2] and all(r["heldout_episodes"] == 2 for r in evals)
+    assert evals[0]["heldout_ce_nocontext"] == evals[1]["heldout_ce_nocontext"]
     assert all(torch.equal(p, old) for p, old in before)  # the backbone is untouched
     for f in ("deltamem_config.json", "deltamem_model.safetensors", "loss_curve.png", "train_config.yaml",
               SUMMARY_FILE):
@@ -128,6 +133,7 @@ def test_resume_continues_exactly(tmp_path):
     drop = ("seconds", "cpu_seconds", "tokens_per_s", "elapsed_s", "peak_mem_mb")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
     assert strip(log_rows(straight)) == strip(log_rows(paused))
+    assert strip(log_rows(straight, "eval")) == strip(log_rows(paused, "eval"))
 
 
 def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_existing_checkpoints(tmp_path):
@@ -210,6 +216,8 @@ def test_learning_goes_through_the_memory(tmp_path):
     run_training(cfg, load=lambda _: tiny())
     losses = [r["loss"] for r in log_rows(tmp_path)]
     assert losses[-1] < 0.7 * losses[0]
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert summary["heldout_ce_last"] is None  # nothing held out in this run: no held-out curve
     bb = tiny()
     ep = build_training_data(build_sources(cfg.train_data), heldout_fraction=0.0, split_seed=0).train[0]
     tok = tokenize_episode(ep, ChatRenderer.for_backbone(bb), write_length=96, read_length=64)
