@@ -625,7 +625,7 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> None:
     lines = ax.get_legend_handles_labels()
     lr_lines = lr_ax.get_legend_handles_labels()
     ax.legend(lines[0] + lr_lines[0], lines[1] + lr_lines[1], loc="upper right", fontsize=8)
-    ax.set_title(png_path.parent.name)
+    ax.set_title("/".join(png_path.parent.parts[-3:]), fontsize=9)
     fig.tight_layout()
     tmp = png_path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)

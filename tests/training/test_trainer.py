@@ -155,6 +155,13 @@ def test_ssw_and_msw_runs(tmp_path):
         assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log_rows(tmp_path / variant))
 
 
+def test_bf16_autocast_step_keeps_fp32_deltamem_weights(tmp_path):
+    summary = run_training(train_cfg(tmp_path, "train.max_steps=2", "train.precision=bf16"), load=lambda _: tiny())
+    assert summary["precision"] == "bf16"
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log_rows(tmp_path))
+    assert all(t.dtype == torch.float32 for t in weights(tmp_path).values())
+
+
 def test_trained_adapter_loads_on_its_backbone_and_is_refused_on_another(tmp_path):
     from methods.deltamem import DeltaMem
     from methods.deltamem.adapter import read_config
