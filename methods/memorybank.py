@@ -41,7 +41,7 @@ from harness.errors import ConfigError
 from harness.generation import generate_batch
 from harness.types import ContextUnit, Episode, GenerationSettings, Prediction, Query
 from methods.base import Method
-from methods.retrieval import BM25Index, DenseIndex, Embedder, EmbeddingsUnavailable, minilm_path
+from methods.retrieval import BM25Index, DenseIndex, Embedder, EmbeddingsUnavailable, minilm_path, pack_sentences
 from methods.text_memory import (DiskCache, answer_with_contexts, budget_for, fit_to_budget, model_fingerprint,
                                  positive_int, truncate_tokens)
 
@@ -146,7 +146,7 @@ class MemoryBank(Method):
                  memory_order: str = "chronological", summary_generation: Mapping[str, Any] | None = None,
                  summary_batch_size: int = 4, prompts: Mapping[str, str] | None = None, cache: bool = True,
                  cache_dir: str | None = None, reuse_prefix: bool = True, bm25: Mapping[str, Any] | None = None,
-                 **kw: Any):
+                 piece_tokens: int | None = 512, **kw: Any):
         super().__init__(**kw)
         self.top_k = positive_int(top_k, f"method {self.name}: top_k")
         if retriever not in RETRIEVERS:
@@ -172,6 +172,7 @@ class MemoryBank(Method):
         self.summary_batch_size = positive_int(summary_batch_size, f"method {self.name}: summary_batch_size")
         self.reuse_prefix = reuse_prefix
         self.bm25_opts = dict(bm25 or {})
+        self.piece_tokens = None if piece_tokens is None else positive_int(piece_tokens, f"method {self.name}: piece_tokens")
         self.disk = DiskCache(cache_dir, namespace=self.name, enabled=cache)
         self.embedder: Embedder | None = None
         self.retriever_used: str | None = None
@@ -299,14 +300,15 @@ class MemoryBank(Method):
         # recall (and so reinforce) the memories most related to them.
         t_idx = time.time()
         dense = self.retriever_used == "dense"
+        piece_segs = [(seg, date, self._split_long(units)) for seg, date, units in segs]
         piece_texts = {u.id: self.prompts["piece"].format(date=date or seg, text=u.text.strip())
-                       for seg, date, units in segs for u in units}
+                       for seg, date, units in piece_segs for u in units}
         vec_of = {pid: i for i, pid in enumerate(piece_texts)}
         vectors = self._embed(list(piece_texts.values())) if dense else None
         rng = random.Random(f"memorybank:{self.seed}:{episode.id}")
         store = MemoryStore(self.forgetting, rng)
         recalls = 0
-        for seg, date, units in segs:
+        for seg, date, units in piece_segs:
             now = day_of[seg]
             if self.forgetting != "off" and store.pieces:
                 store.reload(now)  # the day starts with loading (and so forgetting) the memory
@@ -348,6 +350,21 @@ class MemoryBank(Method):
             "overall_personality": overall.get("overall_personality", ""),
             "overall_summary": overall.get("overall_summary", ""),
         }
+
+    def _split_long(self, units: list[ContextUnit]) -> list[ContextUnit]:
+        """Units longer than ``piece_tokens`` (MemoryAgentBench chunks) become several
+        sentence-packed pieces of the same day; dialogue turns stay whole."""
+        if self.piece_tokens is None:
+            return units
+        out: list[ContextUnit] = []
+        for u in units:
+            if self.backbone.count_tokens(u.text) <= self.piece_tokens:
+                out.append(u)
+                continue
+            for i, part in enumerate(pack_sentences(u.text.strip(), self.piece_tokens, self.backbone.count_tokens)):
+                out.append(ContextUnit(id=f"{u.id}#{i}", text=part, segment=u.segment, date=u.date, speaker=u.speaker,
+                                       metadata=u.metadata))
+        return out
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         return self.embedder.encode(texts)

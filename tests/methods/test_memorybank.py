@@ -184,3 +184,17 @@ def test_forgetting_is_seeded_and_spares_the_last_day(tiny_backbone, tmp_path):
     assert len(runs[0]) >= 3
     kept = make(tiny_backbone, tmp_path, summaries=False, forgetting="off")
     assert kept.ingest(ep)["n_forgotten"] == 0
+
+
+def test_long_units_become_several_pieces_of_the_same_day(tiny_backbone, tmp_path):
+    from harness.types import ContextUnit, Episode, Query
+
+    long = " ".join(f"Fact {i}: the river city number {i} has a bridge." for i in range(20))
+    units = (ContextUnit(id="c0", text=long, segment="chunk_0"), ContextUnit(id="c1", text="A short text.", segment="chunk_1"))
+    ep = Episode("doc", units, (Query("q", "Which city has a bridge?", "x"),))
+    m = make(tiny_backbone, tmp_path, summaries=False, piece_tokens=40)
+    info = m.ingest(ep)
+    parts = [p for p in m.store.pieces if p.segment == "chunk_0"]
+    assert len(parts) > 3 and all(p.id.startswith("c0#") for p in parts)
+    assert {p.day for p in parts} == {0.0} and info["clock"] == "ordinal"
+    assert [p.day for p in m.store.pieces if p.segment == "chunk_1"] == [1.0]
