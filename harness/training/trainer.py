@@ -202,6 +202,26 @@ def _model_call(model, ids: torch.Tensor, keep):
         return out
 
 
+@contextlib.contextmanager
+def _detached_memory_inputs(model):
+    """Cut the autograd graph between the backbone and δ-mem's write projections for one call.
+
+    Used for an SSW write pass made in a single call from an empty state: its reads are S₀q = 0, so the
+    backbone's hidden states do not depend on any δ-mem parameter and the loss reaches the parameters only
+    through ``W·h`` of the written segment means. Detaching ``h`` gives exactly the same gradients without
+    back-propagating through (or keeping the activations of) the backbone's write pass.
+    """
+    from methods.deltamem.surgery import DeltaMemProjection
+
+    handles = [m.register_forward_pre_hook(lambda mod, args: (args[0].detach(), *args[1:]))
+               for m in model.modules() if isinstance(m, DeltaMemProjection) and m.head == "q"]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def episode_backward(model, dm, ep: TokenizedEpisode, *, device: torch.device, write_chunk: int,
                      group_target_tokens: int, group_size: int, sparsity_weight: float, sparsity_target: float,
                      probe: BetaProbe | None, autocast: Callable[[], Any]) -> EpisodeResult:
@@ -210,8 +230,10 @@ def episode_backward(model, dm, ep: TokenizedEpisode, *, device: torch.device, w
     dm.reset()
     write = torch.tensor(ep.write_ids, dtype=torch.long, device=device).unsqueeze(0)
     seg = torch.tensor(ep.write_message_ids, dtype=torch.long, device=device).unsqueeze(0)
+    # SSW in one call reads only the empty state: the backbone's write pass needs no backward (see above)
+    shortcut = segmented and write.shape[1] <= write_chunk
     with autocast():
-        with dm.writes(True):
+        with dm.writes(True), (_detached_memory_inputs(model) if shortcut else contextlib.nullcontext()):
             for start in range(0, write.shape[1], write_chunk):
                 if segmented:
                     dm.set_segment_ids(seg[:, start:start + write_chunk])

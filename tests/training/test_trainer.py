@@ -244,3 +244,27 @@ def test_learning_goes_through_the_memory(tmp_path):
         bb.model(input_ids=torch.tensor([tok.write_ids]))
     with dm.writes(False):
         assert read_loss() < 0.7 * bare
+
+
+def test_ssw_single_call_shortcut_gives_identical_gradients(monkeypatch):
+    """SSW's write pass reads an empty state: cutting the backbone out of its backward changes nothing."""
+    import harness.training.trainer as trainer
+    from methods.deltamem import DeltaMemConfig, attach
+
+    bb = tiny()
+    dm = attach(bb.model, DeltaMemConfig.ssw())
+    ep, _ = make_episode(SyntheticMemory(conversations=1, questions=1).conversations()[0])
+    tok = tokenize_episode(ep, ChatRenderer.for_backbone(bb), write_length=200, read_length=64)
+
+    def grads() -> dict[str, torch.Tensor]:
+        for p in dm.parameters():
+            p.grad = None
+        episode_backward(bb.model, dm, tok, device=bb.device, write_chunk=512, group_target_tokens=10,
+                         group_size=1, sparsity_weight=0.0, sparsity_target=0.05, probe=None,
+                         autocast=contextlib.nullcontext)
+        return {n: p.grad.clone() for n, p in dm.named_parameters(trainable_only=True)}
+
+    fast = grads()
+    monkeypatch.setattr(trainer, "_detached_memory_inputs", lambda model: contextlib.nullcontext())
+    full = grads()
+    assert all(torch.equal(fast[k], full[k]) and float(full[k].abs().sum()) > 0 for k in full)
