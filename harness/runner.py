@@ -89,6 +89,10 @@ def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_ba
                            f"(e.g. {sorted(stale)[:3]}); move the record away to rerun")
     previous = record.header() or {}
     sessions = list(previous.get("timings", {}).get("sessions", []))
+    # This session's timings live in the header from the start and are refreshed while the
+    # run goes, so a run that is killed still leaves an honest account of its time.
+    session: dict[str, Any] = {"wall_s": 0.0, "samples": 0}
+    sessions.append(session)
     header: dict[str, Any] = {
         "status": "running",
         **names,
@@ -119,6 +123,7 @@ def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_ba
         record.write_header(header)
         bar = _progress(len(expected), len(done), f"{names['task']}/{names['method']}", bool(cfg.run.progress))
         ingest_s = answer_s = 0.0
+        last_saved = time.time()
         for n_ep, episode in enumerate(episodes, 1):
             bar.set_postfix_str(f"episode {n_ep}/{len(episodes)} {episode.id}")
             pending = [q for q in episode.queries if q.id not in done]
@@ -147,22 +152,25 @@ def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_ba
                 record.append(rows)
                 done.update({r.sample_id: r for r in rows})
                 bar.update(len(rows))
+                if time.time() - last_saved > 30:
+                    session.update(wall_s=round(time.time() - started, 2), samples=len(done) - resumed_from)
+                    record.write_header(header)
+                    last_saved = time.time()
         bar.close()
         method.close()
         ordered = [done[i] for i in expected]
         header["metrics"] = task.aggregate(ordered)
         header["primary_metric"] = task.primary_metric
-        sessions.append({"wall_s": round(time.time() - started, 2), "load_s": round(load_s, 2),
-                         "ingest_s": round(ingest_s, 2), "answer_s": round(answer_s, 2),
-                         "samples": len(done) - resumed_from})
+        session.update(wall_s=round(time.time() - started, 2), load_s=round(load_s, 2), ingest_s=round(ingest_s, 2),
+                       answer_s=round(answer_s, 2), samples=len(done) - resumed_from)
         header["timings"] = {"sessions": sessions, "wall_s_total": round(sum(s["wall_s"] for s in sessions), 2)}
         header["status"] = "complete"
         header["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         record.write_header(header)
         return RunOutcome(record.path, "complete", header["metrics"])
     except BaseException as exc:
-        sessions.append({"wall_s": round(time.time() - started, 2), "error": f"{type(exc).__name__}: {exc}"})
-        header["timings"] = {"sessions": sessions}
+        session.update(wall_s=round(time.time() - started, 2), samples=len(done) - resumed_from,
+                       error=f"{type(exc).__name__}: {exc}")
         header["status"] = "failed"
         header["error"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         record.write_header(header)
