@@ -29,6 +29,7 @@ def run_cell(variant: str, write_length: int, *, steps: int, threads: int, train
         cmd = [sys.executable, "-m", "harness.train", f"method=deltamem_{variant}", f"backbone={backbone}",
                f"train_data={train_data}", f"train.write_length={write_length}", f"train.read_length={read_length}",
                "train.grad_accum=1", f"train.max_steps={steps}", "run.progress=false", "run.save_every=100000",
+               "run.eval_every=null",
                f"run.threads={threads}", f"out_dir={out}", f"hydra.run.dir={out}/hydra"]
         s0 = _cpu_snapshot()
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
