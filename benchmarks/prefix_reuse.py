@@ -33,7 +33,10 @@ def main() -> None:
     ap.add_argument("--episode", default="conv-26")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared, busy machine)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     task_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/task/locomo.yaml"))
     task_cfg.pop("_target_")
