@@ -1,11 +1,12 @@
 """δ-mem speed on CPU, side by side with the bare backbone and a LoRA step, in one process.
 
-    python -m benchmarks.deltamem_speed [--parts prefill,decode,scan,train] [--reps 3] [--json out.json]
+    python -m benchmarks.deltamem_speed [--parts prefill,decode,overhead,scan,train] [--reps 3] [--json out.json]
 
 On the embedded SmolLM2-135M (fp32, sdpa, 2 threads):
   prefill   2,048 tokens (``logits_to_keep=1``), bare vs δ-mem TSW vs MSW
   decode    64 greedy tokens after a 512-token prompt, token by token with a KV cache
   scan      the compiled scan vs the per-token torch loop at 512 / 2,048 / 8,192 tokens (fwd, fwd+bwd)
+  overhead  the time spent inside δ-mem code within the same prefill / decode calls (load-independent)
   train     one step: write 1,024 + read 256 tokens, backward, AdamW — vs a rank-8 LoRA (peft, q_proj)
             step on the same 1,280 tokens
 Targets (issue 3): prefill and decode speed ≥ 0.95× bare, training step ≤ 1.5× LoRA.
@@ -53,6 +54,80 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float]:
     fn()
     dt = time.perf_counter() - t0
     return dt, _foreign(s0, _cpu_snapshot())
+
+
+class _TimedBase(torch.nn.Module):
+    """Stands in for a wrapper's base projection and accumulates the time spent in it."""
+
+    def __init__(self, base: torch.nn.Module, acc: list[float]) -> None:
+        super().__init__()
+        self.base, self.acc = base, acc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = self.base(x)
+        self.acc[0] += time.perf_counter() - t0
+        return out
+
+
+def part_overhead(models: dict[str, torch.nn.Module], prefill_len: int, prompt_len: int,
+                  new_tokens: int) -> list[Cell]:
+    """Time spent in δ-mem code inside the same calls (wrapper time minus base projection time).
+
+    Independent of run-to-run load: both terms come from one run. share = δ-mem time / call time, and
+    1/(1+share/(1-share)) is the speed the bare model would have relative to it.
+    """
+    from transformers import DynamicCache
+
+    from methods.deltamem.surgery import DeltaMemProjection
+
+    cells = []
+    for v, m in models.items():
+        if v == "bare":
+            continue
+        wrappers = [mod for mod in m.modules() if isinstance(mod, DeltaMemProjection)]
+        base_acc, wrap_acc = [0.0], [0.0]
+        originals = [w.base_layer for w in wrappers]
+        for w in wrappers:
+            w.base_layer = _TimedBase(w.base_layer, base_acc)
+        real_forward = DeltaMemProjection.forward
+
+        def timed_forward(self, x, _real=real_forward):
+            t0 = time.perf_counter()
+            out = _real(self, x)
+            wrap_acc[0] += time.perf_counter() - t0
+            return out
+
+        DeltaMemProjection.forward = timed_forward
+        try:
+            g = torch.Generator().manual_seed(5)
+            for phase, length, steps in (("prefill", prefill_len, 0), ("decode", prompt_len, new_tokens)):
+                ids = torch.randint(0, 49152, (1, length), generator=g)
+                _reset(m)
+                cache = DynamicCache()
+                with torch.no_grad():
+                    out = m(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+                            use_cache=True, logits_to_keep=1)
+                    tok = out.logits[:, -1:].argmax(-1)
+                    base_acc[0] = wrap_acc[0] = 0.0
+                    t0 = time.perf_counter()
+                    if steps == 0:
+                        _reset(m)
+                        m(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
+                    for i in range(steps):
+                        out = m(input_ids=tok, attention_mask=torch.ones(1, length + i + 1, dtype=torch.long),
+                                past_key_values=cache, use_cache=True)
+                        tok = out.logits[:, -1:].argmax(-1)
+                    total = time.perf_counter() - t0
+                extra = wrap_acc[0] - base_acc[0]
+                cells.append(Cell("overhead", f"{v} {phase}", [total], [],
+                                  {"deltamem_s": extra, "share": extra / total,
+                                   "implied_speed_vs_bare": (total - extra) / total}))
+        finally:
+            DeltaMemProjection.forward = real_forward
+            for w, b in zip(wrappers, originals):
+                w.base_layer = b
+    return cells
 
 
 @dataclass
@@ -129,11 +204,13 @@ def part_prefill(models: dict[str, torch.nn.Module], length: int, reps: int) -> 
     for v, m in models.items():  # the memory must really act, or the timing means nothing
         cells[v].extra.update(state_norm=_state_norm(m),
                               max_logit_diff_vs_bare=float((warm[v] - warm["bare"]).abs().max()))
-    for _ in range(reps):
+    for rep in range(reps):
         for v, m in models.items():
             dt, fc = timed(lambda: run(m))
             cells[v].times_s.append(dt)
             cells[v].foreign_cores.append(fc)
+        print(f"  # prefill rep {rep + 1}: " + ", ".join(f"{v} {c.times_s[-1]:.2f} s" for v, c in cells.items())
+              + f", foreign {fc:.2f}", flush=True)
     return list(cells.values())
 
 
@@ -161,6 +238,9 @@ def part_decode(models: dict[str, torch.nn.Module], prompt_len: int, new_tokens:
                     toks[v] = out.logits[:, -1:].argmax(-1)
                     per_step[v].append(time.perf_counter() - t0)
                     fcs.append(_foreign(s0, _cpu_snapshot()))
+        print(f"  # decode rep {rep}{' (warm-up)' if rep == 0 else ''}: " + ", ".join(
+            f"{v} {1e3 * sum(per_step[v]) / new_tokens:.1f} ms/tok" for v in models)
+            + f", foreign {statistics.mean(fcs):.2f}", flush=True)
         if rep == 0:
             continue
         for v in models:
@@ -270,7 +350,7 @@ def part_train(bare: torch.nn.Module, write_len: int, read_len: int, reps: int) 
 # ------------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", default="prefill,decode,scan,train")
+    ap.add_argument("--parts", default="prefill,decode,overhead,scan,train")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     ap.add_argument("--prefill-len", type=int, default=2048)
@@ -289,8 +369,8 @@ def main() -> None:
     print(f"# torch {torch.__version__}, transformers {transformers.__version__}, threads "
           f"{torch.get_num_threads()}, attn {args.attn}", flush=True)
     all_cells: list[Cell] = []
-    bare = load_smollm2(args.attn) if {"prefill", "decode", "train"} & set(parts) else None
-    if {"prefill", "decode"} & set(parts):
+    bare = load_smollm2(args.attn) if {"prefill", "decode", "overhead", "train"} & set(parts) else None
+    if {"prefill", "decode", "overhead"} & set(parts):
         models = deltamem_models(bare)
         if "prefill" in parts:
             cells = part_prefill(models, args.prefill_len, args.reps)
@@ -303,6 +383,14 @@ def main() -> None:
             print(f"\ndecode {args.decode_tokens} tokens after {args.decode_prompt} (ms/token, median of {args.reps}):")
             for c in cells:
                 print(c.row(cells[0], per="ms/tok", scale=1e3))
+            all_cells += cells
+        if "overhead" in parts:
+            cells = part_overhead(models, args.prefill_len, args.decode_prompt, args.decode_tokens)
+            print("\nδ-mem share of the same calls (wrapper time minus base projections; load-independent):")
+            for c in cells:
+                print(f"  {c.variant:<22} total {c.median:8.3f} s   δ-mem {c.extra['deltamem_s']:7.4f} s   "
+                      f"share {100 * c.extra['share']:5.2f} %   implied speed vs bare "
+                      f"{c.extra['implied_speed_vs_bare']:.3f}×")
             all_cells += cells
         del models
     if "scan" in parts:

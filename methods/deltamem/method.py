@@ -135,7 +135,7 @@ class DeltaMemMethod(Method):
 
     def describe(self) -> dict[str, Any]:
         out = {**super().describe(), "variant": self.config.variant, "deltamem": self.config.to_dict(),
-               "adapter": self.adapter, "trained": bool(self.adapter), "reuse_prefix": self.reuse_prefix,
+               "adapter": self.adapter, "reuse_prefix": self.reuse_prefix,
                "chunk_tokens": self.chunk_tokens}
         if self.dm is not None:
             out["trainable_parameters"] = self.dm.num_parameters()

@@ -137,14 +137,17 @@ class DeltaMem:
         self._sites = sites
         self._requires_grad_before = requires_grad_before
         self._hooks: list[Any] = []
-        self._forward_params = _forward_parameters(model)
-        self._hooks.append(model.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
-        self._hooks.append(model.register_forward_hook(self._post_hook, always_call=True))
+        # Hooks go on the decoder body (the module holding the layer list): every call reaches it, whether
+        # through the LM head wrapper, generate(), or a direct call of the body.
+        body = _decoder_body(model, sites[0].name) if sites else model
+        self._forward_params = _forward_parameters(body)
+        self._hooks.append(body.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+        self._hooks.append(body.register_forward_hook(self._post_hook, always_call=True))
         self.attached = True
 
     # ------------------------------------------------------------------ hooks
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if module.training and _checkpointing(module):
+        if module.training and (_checkpointing(module) or _checkpointing(self.model)):
             raise RuntimeError("δ-mem is stateful: gradient checkpointing would write the memory twice; "
                                "disable it (model.gradient_checkpointing_disable())")
         bound = dict(zip(self._forward_params, args))
@@ -246,6 +249,15 @@ class DeltaMem:
     def __repr__(self) -> str:
         return (f"DeltaMem({self.config.variant}, rank={self.config.rank}, heads={self.config.num_state_heads}, "
                 f"layers={len(self._sites)}, trainable={self.num_parameters():,})")
+
+
+def _decoder_body(model: nn.Module, attention_path: str) -> nn.Module:
+    """``model.layers.3.self_attn`` → ``model``: the parent of the numbered layer list."""
+    parts = attention_path.split(".")
+    numbered = [i for i, p in enumerate(parts) if p.isdigit()]
+    if not numbered or numbered[0] < 1:
+        return model
+    return model.get_submodule(".".join(parts[: numbered[0] - 1]))
 
 
 def _checkpointing(model: nn.Module) -> bool:

@@ -420,3 +420,18 @@ def test_bf16_model():
     step = decode_token_by_token(model, x)
     # bf16 activations: prefill and decode run different kernels; logits agree to bf16 resolution
     assert max_diff(step, one) <= 0.05 * float(one.abs().max())
+
+
+def test_direct_call_of_decoder_body_sees_the_mask(fresh):
+    """Padding is captured at the decoder body, so calling ``model.model`` directly is as safe as ``model``."""
+    dm = attach(fresh, DeltaMemConfig.tsw(output_init="random"))
+    x = ids(1, 8)
+    mask = torch.ones(1, 8, dtype=torch.long)
+    mask[0, :3] = 0
+    with torch.no_grad():
+        fresh.model(input_ids=x, attention_mask=mask)
+    via_body = states(dm)
+    dm.reset()
+    with torch.no_grad():
+        fresh.model(input_ids=x[:, 3:])
+    assert all(max_diff(via_body[i], states(dm)[i]) <= TOL for i in via_body)
