@@ -5,7 +5,8 @@ several microseconds of dispatch; chaining the ~15 ops of the generic path costs
 itself (≈ 5 % of a SmolLM2-135M decode step). Here the whole step is two compiled calls on numpy views
 of the torch tensors. Used only when it is exactly equivalent and cheaper: fp32 CPU tensors, no
 autograd, token-level writes or writes off, and at most :data:`MAX_TOKENS` tokens in the call (larger
-calls go through torch's BLAS, which wins for long prompts).
+calls project through torch's BLAS, which wins for long prompts). The corrections use the compiled in-place
+update at every length (one pass over the projection output).
 """
 from __future__ import annotations
 
@@ -107,6 +108,12 @@ def eligible(hidden: torch.Tensor) -> bool:
             and not hidden.requires_grad)
 
 
+def correction_eligible(out: torch.Tensor, reads: torch.Tensor) -> bool:
+    return (numba_available() and out.device.type == "cpu" and out.dtype == torch.float32
+            and reads.dtype == torch.float32 and reads.device.type == "cpu" and out.dim() == 3
+            and out.is_contiguous())
+
+
 def reads(hidden: torch.Tensor, w_in_t: np.ndarray, bias: np.ndarray, *, state: torch.Tensor,
           valid: torch.Tensor | None, heads: int, write: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Reads ``[B, T, R]`` and the new state ``[B, H, r, r]`` (fresh tensors, fp32)."""
@@ -124,8 +131,8 @@ def reads(hidden: torch.Tensor, w_in_t: np.ndarray, bias: np.ndarray, *, state: 
 
 
 def add_correction(out: torch.Tensor, read: torch.Tensor, w_t: np.ndarray, scale: float) -> torch.Tensor:
-    """``out += scale · reads @ w_t`` in place (``out`` is a fresh projection output nobody else holds)."""
-    if not out.is_contiguous() or out.dtype != torch.float32:
-        out = out.contiguous().float()
-    _correction_kernel(read.numpy(), w_t, np.float32(scale), out.numpy())
+    """``out += scale · reads @ w_t`` in place (``out`` is a fresh projection output nobody else holds,
+    contiguous fp32: see :func:`correction_eligible`)."""
+    r = read if read.is_contiguous() else read.contiguous()
+    _correction_kernel(r.detach().numpy(), w_t, np.float32(scale), out.detach().numpy())
     return out

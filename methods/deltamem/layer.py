@@ -206,9 +206,10 @@ class DeltaMemLayer(nn.Module):
     def correction(self, head: str, out: torch.Tensor, reads: torch.Tensor) -> torch.Tensor:
         """``out + (α/r) · W_Δhead · reads`` (one fused addmm)."""
         w = self._rt.groups[head][0]
-        if (reads.dtype == torch.float32 and out.dtype == torch.float32 and out.device.type == "cpu"
-                and reads.shape[0] * reads.shape[1] <= fastpath.MAX_TOKENS and fastpath.eligible(reads)
-                and not (torch.is_grad_enabled() and (w.requires_grad or out.requires_grad))):
+        # In place and in one pass over the output: BLAS with an inner dimension of 8 plus addmm's copy of
+        # ``out`` costs more than the base projection itself on long prompts.
+        if (fastpath.correction_eligible(out, reads)
+                and not (torch.is_grad_enabled() and (w.requires_grad or out.requires_grad or reads.requires_grad))):
             return fastpath.add_correction(out, reads, self._numpy_weight(head), self.config.scale)
         flat = torch.addmm(out.reshape(-1, out.shape[-1]), reads.reshape(-1, reads.shape[-1]), w.t(),
                            alpha=self.config.scale)
