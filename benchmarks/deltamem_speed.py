@@ -300,7 +300,8 @@ def part_train(bare: torch.nn.Module, write_len: int, read_len: int, reps: int) 
 
     def dm_step() -> float:
         dm.reset()
-        dm_model(input_ids=write_ids, attention_mask=torch.ones_like(write_ids), use_cache=False)
+        # the write pass needs no logits: skipping the LM head over 1,024 x 49,152 is part of the recipe
+        dm_model(input_ids=write_ids, attention_mask=torch.ones_like(write_ids), use_cache=False, logits_to_keep=1)
         with dm.writes(False):
             out = dm_model(input_ids=read_ids, attention_mask=torch.ones_like(read_ids), labels=labels,
                            use_cache=False)
