@@ -188,9 +188,9 @@ class _ContextCompression(Method):
         segs = self.segments(episode.units)
         units = []
         for seg, text in zip(segs, compressed):
-            first = seg[0]
-            # The task's own layout joins unit texts; keep the original segment's line end.
-            tail = first.text[len(first.text.rstrip("\n")):] if first.text.endswith("\n") else ""
+            first, last = seg[0], seg[-1]
+            # The task's layout joins unit texts; keep the line breaks the segment ended with.
+            tail = last.text[len(last.text.rstrip("\n")):]
             units.append(ContextUnit(id=first.id, text=text.strip() + tail, segment=first.segment, date=first.date,
                                      speaker=first.speaker, metadata=first.metadata))
         squeezed = Episode(episode.id, tuple(units), episode.queries, episode.metadata)

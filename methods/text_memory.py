@@ -35,8 +35,8 @@ def budget_for(backbone: Backbone, task: Task, queries: Sequence[Query]) -> int:
 
 
 def fit_to_budget(texts: Sequence[str], budget: int, count_tokens, *, sep_tokens: int = 2) -> int:
-    """How many of ``texts`` (in order) fit in ``budget`` tokens; at least the first
-    is never dropped silently: 0 means even it does not fit."""
+    """How many of ``texts``, taken in order, fit in ``budget`` tokens (each charged
+    ``sep_tokens`` for its join); 0 when even the first does not fit."""
     used, n = 0, 0
     for t in texts:
         c = count_tokens(t) + sep_tokens
