@@ -88,8 +88,6 @@ def evaluate(backbone, episodes: Sequence[Episode], *, adapters: dict[str, str |
     from methods.deltamem import DeltaMemConfig, attach
     from methods.deltamem.adapter import read_config
 
-    from harness.training.signature import check_backbone_signature
-
     model, device = backbone.model, backbone.device
     renderer = ChatRenderer.for_backbone(backbone)
     stop = backbone.stop_ids
@@ -104,9 +102,8 @@ def evaluate(backbone, episodes: Sequence[Episode], *, adapters: dict[str, str |
         if memory:
             if path:
                 config = read_config(path)
-                check_backbone_signature(config.extra.get("backbone"), model, what=f"adapter {path}")
                 dm = attach(model, config)
-                dm.load_adapter(path)
+                dm.load_adapter(path)  # refuses an adapter trained on another backbone
             else:
                 with torch.random.fork_rng():
                     torch.manual_seed(seed)

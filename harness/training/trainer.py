@@ -298,8 +298,7 @@ class Trainer:
                  data_name: str = "") -> None:
         from methods.deltamem import attach
         from methods.deltamem.adapter import load_adapter_weights, read_config
-
-        from harness.training.signature import backbone_signature, check_backbone_signature
+        from methods.deltamem.signature import backbone_signature, check_backbone_signature
 
         self.backbone = backbone
         self.model = backbone.model

@@ -94,7 +94,12 @@ def _align(file_keys: set[str], model_keys: set[str]) -> dict[str, str]:
 
 
 def load_adapter_weights(dm: "DeltaMem", path: str | Path, *, strict: bool = True) -> list[str]:
-    """Copy an adapter's tensors into ``dm``; refuses missing, unexpected or mis-shaped parameters."""
+    """Copy an adapter's tensors into ``dm``; refuses an adapter trained on another backbone (its recorded
+    signature) and missing, unexpected or mis-shaped parameters."""
+    from methods.deltamem.signature import check_backbone_signature
+
+    if adapter_format(path) == "deltamem":
+        check_backbone_signature(read_config(path).extra.get("backbone"), dm.model, what=f"adapter {path}")
     weights = read_weights(path)
     params = dict(dm.named_parameters())
     mapping = _align(set(weights), set(params))

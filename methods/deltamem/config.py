@@ -34,7 +34,7 @@ class DeltaMemConfig:
     target_layers: tuple[int, ...] = ()  # empty: every attention layer
     attention_name: str = "self_attn"  # attribute name of the attention module inside a decoder layer
     scan_impl: Literal["auto", "numba", "naive"] = "auto"
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # provenance only, never interpreted
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # provenance; extra["backbone"] (a signature) is checked on load
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "delta_heads", tuple(self.delta_heads))

@@ -107,3 +107,21 @@ def test_shape_mismatch_names_parameter(tmp_path):
         dm2.load_adapter(str(tmp_path / "ref"))
     with pytest.raises(FileNotFoundError):
         adapter_format(tmp_path)
+
+
+def test_adapter_from_another_backbone_is_refused(tmp_path):
+    """Same shapes, other weights (e.g. the base model instead of the instruct one): the signature that
+    training stores in the config refuses the adapter on every loading path."""
+    from dataclasses import replace
+
+    from methods.deltamem.signature import BackboneMismatch, backbone_signature
+
+    trained_on = tiny_decoder("llama", seed=0)
+    config = DeltaMemConfig.tsw()
+    config = replace(config, extra={"backbone": backbone_signature(trained_on, "tiny-llama")})
+    attach(trained_on, config).save_adapter(tmp_path / "ad")
+    DeltaMem.from_adapter(tiny_decoder("llama", seed=0), str(tmp_path / "ad"))  # its own backbone: accepted
+    with pytest.raises(BackboneMismatch, match="tiny-llama"):
+        DeltaMem.from_adapter(tiny_decoder("llama", seed=1), str(tmp_path / "ad"))
+    with pytest.raises(BackboneMismatch):
+        attach(tiny_decoder("llama", seed=1), DeltaMemConfig.tsw()).load_adapter(str(tmp_path / "ad"))

@@ -89,7 +89,7 @@ def test_cli_trains_the_embedded_backbone_and_resumes(tmp_path, smollm2_backbone
     config = json.loads((tmp_path / "out" / "deltamem_config.json").read_text())
     assert config["extra"]["backbone"]["num_hidden_layers"] == 30
     from methods.deltamem import DeltaMem
-    from harness.training.signature import check_backbone_signature
+    from methods.deltamem.signature import check_backbone_signature
 
     check_backbone_signature(config["extra"]["backbone"], smollm2_backbone.model)
     dm = DeltaMem.from_adapter(smollm2_backbone.model, str(tmp_path / "out"))

@@ -166,7 +166,7 @@ def test_trained_adapter_loads_on_its_backbone_and_is_refused_on_another(tmp_pat
     from methods.deltamem import DeltaMem
     from methods.deltamem.adapter import read_config
 
-    from harness.training.signature import BackboneMismatch, check_backbone_signature
+    from methods.deltamem.signature import BackboneMismatch, check_backbone_signature
 
     bb = tiny()
     run_training(train_cfg(tmp_path, "train.max_steps=2"), load=lambda _: bb)
