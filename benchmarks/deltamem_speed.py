@@ -1,6 +1,6 @@
 """δ-mem speed on CPU, side by side with the bare backbone and a LoRA step, in one process.
 
-    python -m benchmarks.deltamem_speed [--parts prefill,decode,overhead,scan,train] [--reps 3] [--json out.json]
+    python -m benchmarks.deltamem_speed [--parts prefill,decode,overhead,scan,train,protocol] [--reps 3] [--json out.json]
 
 On the embedded SmolLM2-135M (fp32, sdpa, 2 threads):
   prefill   2,048 tokens (``logits_to_keep=1``), bare vs δ-mem TSW vs MSW
@@ -9,6 +9,9 @@ On the embedded SmolLM2-135M (fp32, sdpa, 2 threads):
   overhead  the time spent inside δ-mem code within the same prefill / decode calls (load-independent)
   train     one step: write 1,024 + read 256 tokens, backward, AdamW — vs a rank-8 LoRA (peft, q_proj)
             step on the same 1,280 tokens
+  protocol  answering 8 LoCoMo questions (32 new tokens each, batched) about a history of 1k / 4k / 8k
+            tokens: δ-mem MSW with the history written into the state and only the question in the prompt
+            (history-removed protocol) vs vanilla with the history as a reused KV-cache prefix
 Targets (issue 3): prefill and decode speed ≥ 0.95× bare, training step ≤ 1.5× LoRA.
 
 The machine is shared, so variants are interleaved at the finest grain the protocol allows (each round
@@ -348,6 +351,86 @@ def part_train(bare: torch.nn.Module, write_len: int, read_len: int, reps: int) 
     return [cells["lora"], cells["dm"]]
 
 
+def _locomo_history_and_questions(tokenizer: Any, n_questions: int) -> tuple[list[int], list[list[int]]]:
+    """A long real dialogue (LoCoMo conversations joined as ``speaker: text`` lines) and chat-rendered
+    questions about its start."""
+    from tasks.locomo.task import PACKAGED_DATA
+
+    with open(PACKAGED_DATA) as f:
+        data = json.load(f)
+    lines, questions = [], []
+    for sample in data:
+        conv = sample["conversation"]
+        sessions = sorted((k for k in conv if k.startswith("session_") and k.count("_") == 1),
+                          key=lambda k: int(k.split("_")[1]))
+        for key in sessions:
+            lines += [f"{turn['speaker']}: {turn['text']}" for turn in conv[key]]
+        questions += [q["question"] for q in sample["qa"] if q.get("category") in (1, 2, 3, 4)]
+    history = tokenizer("\n".join(lines), add_special_tokens=False)["input_ids"]
+    asked = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                           tokenize=True) for q in questions[:n_questions]]
+    asked = [list(a["input_ids"]) if isinstance(a, dict) or hasattr(a, "keys") else list(a) for a in asked]
+    return history, asked
+
+
+def part_protocol(models: dict[str, torch.nn.Module], tokenizer: Any, lengths: list[int], n_questions: int,
+                  new_tokens: int, reps: int) -> list[Cell]:
+    """Ingest once, then answer a batch of questions; exactly ``new_tokens`` per answer (no stop token), so
+    both methods decode the same amount of text."""
+    from harness.generation import generate_batch, prefill_prefix
+    from harness.types import GenerationSettings
+    from methods.deltamem.api import write_tokens
+    from methods.deltamem.method import _StateRows
+
+    history, asked = _locomo_history_and_questions(tokenizer, n_questions)
+    if len(history) < max(lengths):
+        raise ValueError(f"the LoCoMo dialogue has only {len(history)} tokens, fewer than {max(lengths)}")
+    settings = GenerationSettings(max_new_tokens=new_tokens)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    dm_model = models["deltamem_msw"]
+    dm = dm_model._deltamem
+
+    def vanilla(hist: list[int]) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            prefix = prefill_prefix(models["bare"], hist)
+        t1 = time.perf_counter()
+        generate_batch(models["bare"], asked, settings, stop_ids=set(), pad_id=pad, prefix=prefix)
+        return t1 - t0, time.perf_counter() - t1
+
+    def memory(hist: list[int]) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        dm.reset()
+        with torch.no_grad():
+            write_tokens(dm, hist)
+        snap = dm.snapshot()
+        t1 = time.perf_counter()
+        with dm.writes(False):
+            generate_batch(dm_model, asked, settings, stop_ids=set(), pad_id=pad, hooks=[_StateRows(dm)])
+        dm.restore(snap)
+        return t1 - t0, time.perf_counter() - t1
+
+    cells: dict[tuple[str, int], Cell] = {}
+    runs = (("vanilla, history in prompt", vanilla), ("δ-mem MSW, history in state", memory))
+    for rep in range(reps + 1):  # rep 0 warms up
+        for length in lengths:
+            hist = history[:length]
+            for name, fn in runs:
+                s0 = _cpu_snapshot()
+                ingest_s, answer_s = fn(hist)
+                fc = _foreign(s0, _cpu_snapshot())
+                if rep == 0:
+                    continue
+                cell = cells.setdefault((name, length), Cell("protocol", name, extra={
+                    "history_tokens": length, "questions": len(asked), "new_tokens": new_tokens,
+                    "ingest_s": []}))
+                cell.times_s.append(answer_s / len(asked))
+                cell.extra["ingest_s"].append(ingest_s)
+                cell.foreign_cores.append(fc)
+        print(f"  # protocol rep {rep}{' (warm-up)' if rep == 0 else ''} done", flush=True)
+    return list(cells.values())
+
+
 # ------------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -360,6 +443,10 @@ def main() -> None:
     ap.add_argument("--scan-lens", default="512,2048,8192")
     ap.add_argument("--write-len", type=int, default=1024)
     ap.add_argument("--read-len", type=int, default=256)
+    ap.add_argument("--history-lens", default="1024,4096,8000", help="protocol part (8,000 leaves the "
+                    "vanilla prompt room for the question and answer in SmolLM2's 8,192 window)")
+    ap.add_argument("--questions", type=int, default=8)
+    ap.add_argument("--answer-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="write every cell as JSON here")
     args = ap.parse_args()
@@ -370,8 +457,8 @@ def main() -> None:
     print(f"# torch {torch.__version__}, transformers {transformers.__version__}, threads "
           f"{torch.get_num_threads()}, attn {args.attn}", flush=True)
     all_cells: list[Cell] = []
-    bare = load_smollm2(args.attn) if {"prefill", "decode", "overhead", "train"} & set(parts) else None
-    if {"prefill", "decode", "overhead"} & set(parts):
+    bare = load_smollm2(args.attn) if {"prefill", "decode", "overhead", "train", "protocol"} & set(parts) else None
+    if {"prefill", "decode", "overhead", "protocol"} & set(parts):
         models = deltamem_models(bare)
         if "prefill" in parts:
             cells = part_prefill(models, args.prefill_len, args.reps)
@@ -392,6 +479,23 @@ def main() -> None:
                 print(f"  {c.variant:<22} total {c.median:8.3f} s   δ-mem {c.extra['deltamem_s']:7.4f} s   "
                       f"share {100 * c.extra['share']:5.2f} %   implied speed vs bare "
                       f"{c.extra['implied_speed_vs_bare']:.3f}×")
+            all_cells += cells
+        if "protocol" in parts:
+            from transformers import AutoTokenizer
+
+            from harness.embedded import ensure_embedded
+
+            tok = AutoTokenizer.from_pretrained(str(ensure_embedded("smollm2-135m-instruct")))
+            lengths = [int(x) for x in args.history_lens.split(",")]
+            cells = part_protocol(models, tok, lengths, args.questions, args.answer_tokens, args.reps)
+            print(f"\nanswer time per question ({args.questions} questions batched, {args.answer_tokens} new tokens "
+                  f"each; median of {args.reps}; ingest = one-off per history):")
+            for length in lengths:
+                pair = [c for c in cells if c.extra["history_tokens"] == length]
+                for c in pair:
+                    print(f"  history {length:>5}  {c.variant:<28} {c.median:8.3f} s/question   ingest "
+                          f"{statistics.median(c.extra['ingest_s']):7.2f} s   foreign≤{max(c.foreign_cores):.2f}")
+                print(f"  history {length:>5}  δ-mem answer speed vs vanilla: {pair[0].median / pair[1].median:.2f}×")
             all_cells += cells
         del models
     if "scan" in parts:
