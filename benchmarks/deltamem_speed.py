@@ -5,7 +5,8 @@
 On the embedded SmolLM2-135M (fp32, sdpa, 2 threads):
   prefill   2,048 tokens (``logits_to_keep=1``), bare vs δ-mem TSW vs MSW
   decode    64 greedy tokens after a 512-token prompt, token by token with a KV cache
-  scan      the compiled scan vs the per-token torch loop at 512 / 2,048 / 8,192 tokens (fwd, fwd+bwd)
+  scan      the compiled scan and the chunked torch form (the CUDA path) vs the per-token torch loop
+            at 512 / 2,048 / 8,192 tokens (fwd, fwd+bwd)
   overhead  the time spent inside δ-mem code within the same prefill / decode calls (load-independent)
   train     one step: write 1,024 + read 256 tokens, backward, AdamW — vs a rank-8 LoRA (peft, q_proj)
             step on the same 1,280 tokens
@@ -33,7 +34,7 @@ from typing import Any, Callable
 import torch
 
 from methods.deltamem import DeltaMemConfig, attach
-from methods.deltamem.scan import scan_naive, scan_numba, unit
+from methods.deltamem.scan import scan_chunked, scan_naive, scan_numba, unit
 
 
 # ------------------------------------------------------------------------------------------ timing
@@ -263,7 +264,7 @@ def part_scan(lengths: list[int], reps: int) -> list[Cell]:
         v = torch.randn(1, t, r, generator=g)
         beta = torch.sigmoid(torch.randn(1, t, r, generator=g) - 1.5)
         s0 = torch.zeros(1, r, r)
-        for name, fn in (("numba", scan_numba), ("per-token loop", scan_naive)):
+        for name, fn in (("numba", scan_numba), ("chunked", scan_chunked), ("per-token loop", scan_naive)):
             def fwd() -> None:
                 with torch.no_grad():
                     fn(q, k, v, beta, state=s0)
@@ -274,7 +275,7 @@ def part_scan(lengths: list[int], reps: int) -> list[Cell]:
                 reads, final = fn(*leaves[:4], state=leaves[4])
                 (reads.square().sum() + final.square().sum()).backward()
 
-            n = reps if (name == "numba" or t <= 2048) else 1  # the loop at 8k takes seconds
+            n = reps if (name != "per-token loop" or t <= 2048) else 1  # the loop at 8k takes seconds
             for mode, f in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
                 f()
                 cell = Cell("scan", f"{name} {mode}", extra={"tokens": t})
@@ -503,10 +504,11 @@ def main() -> None:
         print("\nscan, one layer, B=1, r=8, fp32 (ms):")
         for t in sorted({c.extra["tokens"] for c in cells}):
             for mode in ("fwd", "fwd+bwd"):
-                fast = next(c for c in cells if c.extra["tokens"] == t and c.variant == f"numba {mode}")
-                slow = next(c for c in cells if c.extra["tokens"] == t and c.variant == f"per-token loop {mode}")
-                print(f"  T={t:<5} {mode:<8} numba {fast.median * 1e3:9.3f}   loop {slow.median * 1e3:10.1f}   "
-                      f"speed-up {slow.median / fast.median:8.0f}×")
+                fast, chunked, slow = (next(c for c in cells if c.extra["tokens"] == t and c.variant == f"{v} {mode}")
+                                       for v in ("numba", "chunked", "per-token loop"))
+                print(f"  T={t:<5} {mode:<8} numba {fast.median * 1e3:9.3f}   chunked {chunked.median * 1e3:9.2f}   "
+                      f"loop {slow.median * 1e3:10.1f}   numba speed-up {slow.median / fast.median:8.0f}×   "
+                      f"chunked speed-up {slow.median / chunked.median:6.1f}×")
         all_cells += cells
     if "train" in parts:
         cells = part_train(bare, args.write_len, args.read_len, args.reps)

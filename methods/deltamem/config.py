@@ -33,7 +33,7 @@ class DeltaMemConfig:
     online_gain: float = 0.05
     target_layers: tuple[int, ...] = ()  # empty: every attention layer
     attention_name: str = "self_attn"  # attribute name of the attention module inside a decoder layer
-    scan_impl: Literal["auto", "numba", "naive"] = "auto"
+    scan_impl: Literal["auto", "numba", "chunked", "naive"] = "auto"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # provenance; extra["backbone"] (a signature) is checked on load
 
     def __post_init__(self) -> None:
@@ -50,8 +50,8 @@ class DeltaMemConfig:
             raise ValueError(f"delta_heads {self.delta_heads!r}: a non-empty subset of {_HEADS} without repeats")
         if self.output_init not in ("zero", "base_slice_fixed", "base_slice", "random"):
             raise ValueError(f"output_init {self.output_init!r}: expected zero, base_slice_fixed, base_slice or random")
-        if self.scan_impl not in ("auto", "numba", "naive"):
-            raise ValueError(f"scan_impl {self.scan_impl!r}: expected auto, numba or naive")
+        if self.scan_impl not in ("auto", "numba", "chunked", "naive"):
+            raise ValueError(f"scan_impl {self.scan_impl!r}: expected auto, numba, chunked or naive")
 
     # ---- derived sizes
     @property

@@ -20,7 +20,8 @@ Implementations: :func:`scan_naive` is the per-token torch loop and the oracle. 
 compiled per-token loop with a hand-written reverse recurrence (deltamem.md §7.5) wrapped in an
 autograd Function; it wins on CPU by three orders of magnitude over the loop because the per-token
 work (r² = 64 multiply-adds per row block) is far too small for torch's per-op overhead.
-:func:`scan` picks one.
+:func:`scan_chunked` composes the per-token affine maps in parallel inside chunks (plain torch, any
+device; the CUDA path). :func:`scan` picks one.
 """
 from __future__ import annotations
 
@@ -29,7 +30,11 @@ from typing import Literal
 
 import torch
 
-ScanImpl = Literal["auto", "numba", "naive"]
+ScanImpl = Literal["auto", "numba", "chunked", "naive"]
+
+# Tokens per chunk of :func:`scan_chunked`: log2(C) parallel composition steps inside a chunk, T/C
+# sequential steps across chunks.
+CHUNK = 64
 
 # The backward recomputes the state history block by block from checkpoints taken every
 # CHECKPOINT_EVERY tokens, so training memory is O(T/C · r²) per sequence instead of O(T · r²).
@@ -89,6 +94,72 @@ def read_state(q: torch.Tensor, *, state: torch.Tensor, valid: torch.Tensor | No
     if valid is not None:
         reads = torch.where(valid.unsqueeze(-1), reads, torch.zeros_like(reads))
     return reads.to(q.dtype)
+
+
+# --------------------------------------------------------------------------------------------- chunked
+def _compose(first: tuple[torch.Tensor, torch.Tensor],
+             then: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two affine maps on row vectors, ``s ↦ s P + c``, applied one after the other."""
+    (p1, c1), (p2, c2) = first, then
+    return p1 @ p2, (c1.unsqueeze(-2) @ p2).squeeze(-2) + c2
+
+
+def scan_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, *,
+                 state: torch.Tensor, valid: torch.Tensor | None = None,
+                 chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same recurrence in plain batched torch ops, for devices without the compiled loop (CUDA).
+
+    Row i of the state evolves by its own affine map per token,
+    ``s ↦ s ((1-β_i) I - β_i k kᵀ) + β_i v_i kᵀ``, so the state after any span of tokens is one r×r
+    matrix and one r-vector per row. Inside each chunk the maps are composed in log2(chunk) parallel
+    doubling steps (all chunks at once); across chunks only the chunk-end maps are applied, one small
+    step per chunk. Work is O(T r⁴) multiply-adds instead of the loop's T sequential launches, and
+    autograd differentiates it as it is. Memory is about 2 KB per token and state head per doubling
+    step (fp32, r = 8), kept for the backward.
+    """
+    _check(q, k, v, beta, state, valid)
+    if chunk < 1 or chunk & (chunk - 1):
+        raise ValueError(f"scan_chunked: chunk must be a power of two, got {chunk}")
+    out_dtype, state_dtype = q.dtype, state.dtype
+    n, t, r = q.shape
+    if t == 0:
+        return q.new_zeros(q.shape), state
+    q, k, v, beta, s0 = q.float(), k.float(), v.float(), beta.float(), state.float()
+    eye = torch.eye(r, device=q.device, dtype=torch.float32)
+    kk = k.unsqueeze(-1) * k.unsqueeze(-2)                                      # [n, t, r, r]
+    b_ = beta.unsqueeze(-1).unsqueeze(-1)                                       # [n, t, rows, 1, 1]
+    maps = (1 - b_) * eye - b_ * kk.unsqueeze(2)                                # [n, t, rows, r, r]
+    offs = (beta * v).unsqueeze(-1) * k.unsqueeze(2)                            # [n, t, rows, r]
+    if valid is not None:  # padding is the identity map (where: its projections may be non-finite)
+        ok = valid.view(n, t, 1, 1, 1)
+        maps = torch.where(ok, maps, eye)
+        offs = torch.where(ok.squeeze(-1), offs, torch.zeros((), device=q.device))
+    c = min(chunk, 1 << (t - 1).bit_length())
+    pad = -t % c
+    if pad:
+        maps = torch.cat([maps, eye.expand(n, pad, r, r, r)], 1)
+        offs = torch.cat([offs, offs.new_zeros(n, pad, r, r)], 1)
+    m = maps.shape[1] // c
+    maps, offs = maps.view(n, m, c, r, r, r), offs.view(n, m, c, r, r)
+    # inclusive prefix maps inside each chunk: position j maps the chunk-start state to the state after j
+    step = 1
+    while step < c:
+        head = (maps[:, :, :step], offs[:, :, :step])
+        tail = _compose((maps[:, :, :-step], offs[:, :, :-step]), (maps[:, :, step:], offs[:, :, step:]))
+        maps, offs = torch.cat([head[0], tail[0]], 2), torch.cat([head[1], tail[1]], 2)
+        step *= 2
+    starts = []
+    cur = s0                                                                    # [n, rows, r]
+    for j in range(m):
+        starts.append(cur)
+        cur = (cur.unsqueeze(-2) @ maps[:, j, -1]).squeeze(-2) + offs[:, j, -1]
+    start = torch.stack(starts, 1).unsqueeze(2)                                 # [n, m, 1, rows, r]
+    after = (start.unsqueeze(-2) @ maps).squeeze(-2) + offs                     # [n, m, c, rows, r]
+    before = torch.cat([start, after[:, :, :-1]], 2).reshape(n, m * c, r, r)[:, :t]
+    reads = (before @ q.unsqueeze(-1)).squeeze(-1)                              # read before write
+    if valid is not None:
+        reads = torch.where(valid.unsqueeze(-1), reads, torch.zeros_like(reads))
+    return reads.to(out_dtype), cur.to(state_dtype)
 
 
 # --------------------------------------------------------------------------------------------- numba
@@ -333,11 +404,11 @@ def fused_scan_inference(pre: torch.Tensor, bias: torch.Tensor, *, state: torch.
     return reads, new_state
 
 # --------------------------------------------------------------------------------------------- dispatch
-def resolve_impl(impl: ScanImpl, device: torch.device) -> Literal["numba", "naive"]:
-    """``auto``: numba on CPU when importable, else the naive loop (CUDA has no fast path here yet)."""
+def resolve_impl(impl: ScanImpl, device: torch.device) -> Literal["numba", "chunked", "naive"]:
+    """``auto``: numba on CPU when importable, else the chunked torch form (CUDA, or CPU without numba)."""
     impl = os.environ.get("DELTAMEM_SCAN_IMPL", impl)  # type: ignore[assignment]
-    if impl == "naive":
-        return "naive"
+    if impl in ("naive", "chunked"):
+        return impl
     if impl == "numba":
         if _numba is None:
             raise RuntimeError("DeltaMem scan_impl='numba' but numba is not installed")
@@ -345,16 +416,19 @@ def resolve_impl(impl: ScanImpl, device: torch.device) -> Literal["numba", "naiv
             raise ValueError(f"DeltaMem scan_impl='numba' runs on CPU, tensors are on {device}")
         return "numba"
     if impl != "auto":
-        raise ValueError(f"unknown scan implementation {impl!r}; expected auto, numba or naive")
-    return "numba" if _numba is not None and device.type == "cpu" else "naive"
+        raise ValueError(f"unknown scan implementation {impl!r}; expected auto, numba, chunked or naive")
+    return "numba" if _numba is not None and device.type == "cpu" else "chunked"
 
 
 def scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, *,
          state: torch.Tensor, valid: torch.Tensor | None = None,
          impl: ScanImpl = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Token-level δ-mem scan; see the module docstring for shapes and semantics."""
-    if resolve_impl(impl, q.device) == "numba":
+    chosen = resolve_impl(impl, q.device)
+    if chosen == "numba":
         return scan_numba(q, k, v, beta, state=state, valid=valid)
+    if chosen == "chunked":
+        return scan_chunked(q, k, v, beta, state=state, valid=valid)
     return scan_naive(q, k, v, beta, state=state, valid=valid)
 
 
@@ -391,5 +465,5 @@ def unit(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
-__all__ = ["scan", "scan_naive", "scan_numba", "fused_scan_inference", "read_state", "segment_means", "unit", "resolve_impl",
+__all__ = ["scan", "scan_naive", "scan_numba", "scan_chunked", "fused_scan_inference", "read_state", "segment_means", "unit", "resolve_impl",
            "numba_available", "CHECKPOINT_EVERY"]

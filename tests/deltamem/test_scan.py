@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.deltamem.scan import (CHECKPOINT_EVERY, read_state, resolve_impl, scan, scan_naive, scan_numba,
-                                   segment_means, unit)
+from methods.deltamem.scan import (CHECKPOINT_EVERY, CHUNK, read_state, resolve_impl, scan, scan_chunked,
+                                   scan_naive, scan_numba, segment_means, unit)
 
 pytestmark = pytest.mark.skipif(not __import__("methods.deltamem.scan", fromlist=["x"]).numba_available(),
                                 reason="numba not installed")
@@ -68,6 +68,49 @@ def test_numba_matches_oracle_bf16(length):
         assert rel_rmse(fast[key], ref32[key]) <= BF16_REL_RMSE, key
 
 
+CHUNKED_LENGTHS = [1, 2, 7, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5]
+
+
+@pytest.mark.parametrize("length", CHUNKED_LENGTHS, ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("n", [1, 3], ids=lambda n: f"N{n}")
+def test_chunked_matches_oracle_fp32(n, length):
+    xs, valid = make_inputs(n, length, seed=length)
+    ref, fast = run(scan_naive, xs, valid), run(scan_chunked, xs, valid)
+    for key in ref:
+        assert fast[key].shape == ref[key].shape
+        assert (fast[key] - ref[key]).abs().max() <= FP32_TOL, key
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 16, 256])
+def test_chunked_any_chunk_size(chunk):
+    xs, valid = make_inputs(2, 37, seed=3)
+    ref = run(scan_naive, xs, valid)
+    fast = run(lambda *a, **kw: scan_chunked(*a, chunk=chunk, **kw), xs, valid)
+    for key in ref:
+        assert (fast[key] - ref[key]).abs().max() <= FP32_TOL, key
+    with pytest.raises(ValueError, match="power of two"):
+        scan_chunked(*xs[:4], state=xs[4], chunk=48)
+
+
+def test_chunked_matches_oracle_bf16():
+    xs, valid = make_inputs(2, CHUNK + 9, dtype=torch.bfloat16)
+    ref, fast = run(scan_naive, xs, valid), run(scan_chunked, xs, valid)
+    for key in ref:
+        assert fast[key].dtype == torch.bfloat16
+        assert rel_rmse(fast[key], ref[key]) <= BF16_REL_RMSE, key
+
+
+def test_chunked_padding_with_non_finite_projections_is_inert():
+    xs, valid = make_inputs(2, 20, pad=0.3)
+    poisoned = [x.clone() for x in xs]
+    for x in poisoned[:4]:
+        x[~valid] = float("nan")
+    reads, final = scan_chunked(*poisoned[:4], state=poisoned[4], valid=valid)
+    ref_reads, ref_final = scan_naive(*xs[:4], state=xs[4], valid=valid)
+    assert torch.isfinite(reads).all() and torch.isfinite(final).all()
+    assert (reads - ref_reads).abs().max() <= FP32_TOL and (final - ref_final).abs().max() <= FP32_TOL
+
+
 def test_all_valid_equals_no_mask_and_padding_is_inert():
     xs, _ = make_inputs(2, 40, pad=0.0)
     all_valid = torch.ones(2, 40, dtype=torch.bool)
@@ -113,9 +156,10 @@ def test_gradient_through_chained_calls():
 def test_dispatch_and_read_state():
     assert resolve_impl("auto", torch.device("cpu")) == "numba"
     assert resolve_impl("naive", torch.device("cpu")) == "naive"
-    assert resolve_impl("auto", torch.device("meta")) == "naive"
-    with pytest.raises(ValueError):
-        resolve_impl("chunked", torch.device("cpu"))  # type: ignore[arg-type]
+    assert resolve_impl("auto", torch.device("meta")) == "chunked"  # any non-CPU device
+    assert resolve_impl("chunked", torch.device("cpu")) == "chunked"
+    with pytest.raises(ValueError, match="expected auto"):
+        resolve_impl("triton", torch.device("cpu"))  # type: ignore[arg-type]
     xs, valid = make_inputs(2, 10)
     reads = read_state(xs[0], state=xs[4], valid=valid)
     expect = torch.einsum("nij,ntj->nti", xs[4], xs[0]) * valid.unsqueeze(-1)

@@ -374,7 +374,8 @@ def test_double_attach_and_batch_mismatch(fresh):
 @pytest.mark.parametrize("variant", ["tsw", "msw"])
 def test_fast_paths_match_naive_loop(fresh, variant, monkeypatch):
     """No-grad CPU calls take the compiled paths (≤16 tokens: compiled projections + corrections; longer:
-    one fused features+scan kernel); with DELTAMEM_SCAN_IMPL=naive everything runs the torch loop."""
+    one fused features+scan kernel); with DELTAMEM_SCAN_IMPL=chunked the parallel torch form (the CUDA
+    path), with naive the torch loop."""
     dm = attach(fresh, getattr(DeltaMemConfig, variant)(output_init="random", delta_heads=("q", "k", "v", "o")))
     x = ids(2, 40)
     mask = torch.ones(2, 40, dtype=torch.long)
@@ -393,12 +394,16 @@ def test_fast_paths_match_naive_loop(fresh, variant, monkeypatch):
         return torch.cat(outs, 1), states(dm)
 
     fast, s_fast = session()
+    monkeypatch.setenv("DELTAMEM_SCAN_IMPL", "chunked")  # what CUDA runs
+    chunked, s_chunked = session()
     monkeypatch.setenv("DELTAMEM_SCAN_IMPL", "naive")
     slow, s_slow = session()
     valid = mask.bool()
     assert max_diff(fast[valid], slow[valid]) <= TOL
+    assert max_diff(chunked[valid], slow[valid]) <= TOL
     for i in s_fast:
         assert max_diff(s_fast[i], s_slow[i]) <= TOL
+        assert max_diff(s_chunked[i], s_slow[i]) <= TOL
     # and the autograd path (grad enabled, trainable parameters) agrees with both
     monkeypatch.delenv("DELTAMEM_SCAN_IMPL")
     dm.reset()
