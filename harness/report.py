@@ -130,17 +130,28 @@ def write_main(by_backbone, tasks: list[str], out: Path) -> None:
                                  "status": c.status, "value": c.value, "stderr": c.stderr, "n": c.n, "subset": c.subset,
                                  "metric": c.header.get("primary_metric", "")})
         md += [_md_table(["method", "protocol", *tasks, "mean", f"× {BASELINE}"], table), ""]
-        wall = [(r["method"], t, r["cells"][t].header.get("timings", {}).get("wall_s_total"))
+        wall = [[r["method"], t, *_wall_text(r["cells"][t])]
                 for r in rows for t in tasks if r["cells"][t].status == "complete"]
         if wall:
-            md += ["Wall time of each complete run (s, all sessions of the run):", "",
-                   _md_table(["method", "task", "wall s"], [[m, t, f"{w:.0f}" if w else "?"] for m, t, w in wall]), ""]
+            md += ["Wall time of each complete run (s, summed over the sessions of the run that recorded "
+                   "their time; a session cut off before timings were kept in the header is not counted, "
+                   "so `timed` says how many samples the figure covers):", "",
+                   _md_table(["method", "task", "wall s", "timed samples", "s / timed sample"], wall), ""]
     (out / "main.md").write_text("\n".join(md) + "\n")
     with open(out / "main.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["backbone", "method", "protocol", "task", "metric", "status", "value", "stderr",
                                           "n", "subset"])
         w.writeheader()
         w.writerows(csv_rows)
+
+
+def _wall_text(cell: Cell) -> list[str]:
+    sessions = cell.header.get("timings", {}).get("sessions", [])
+    wall = sum(float(s.get("wall_s", 0.0)) for s in sessions)
+    timed = sum(int(s.get("samples", 0)) for s in sessions)
+    if not sessions or not timed:
+        return ["?", f"0/{cell.n}", "?"]
+    return [f"{wall:.0f}", f"{timed}/{cell.n}", f"{wall / timed:.2f}"]
 
 
 def write_breakdowns(cells: dict[tuple[str, str, str], Cell], tasks: list[str], out: Path) -> None:

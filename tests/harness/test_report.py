@@ -11,7 +11,7 @@ def write(root, method, task, status, value=None, protocol="context", limit=None
     rec = RunRecord(root / task / method / "tiny" / f"seed-42-{method}{task}")
     header = {"status": status, "task": task, "method": method, "backbone": "tiny", "protocol": protocol,
               "primary_metric": "f1", "config": {"task": {"limit": limit}}, "n_samples_expected": 10,
-              "timings": {"wall_s_total": 12.0}}
+              "timings": {"sessions": [{"wall_s": 12.0, "samples": 4}, {"wall_s": 3.0, "samples": 6}]}}
     if status == "complete":
         header["metrics"] = {"overall": {"f1": {"mean": value, "stderr": 0.01, "n": 10}},
                              "by_category": cats or {"a": {"f1": {"mean": value, "stderr": 0.02, "n": 10}}}}
@@ -36,6 +36,8 @@ def test_main_table_ratio_and_missing_cells(tmp_path):
     van = next(l for l in md.splitlines() if l.startswith("| vanilla |"))
     assert "data unavailable" in van and "30.00" in van  # mean of 0.2 and 0.4
     assert "5.00 ± 1.00 †" in md
+    # wall time sums the sessions and says how many samples it covers
+    assert "| vanilla | locomo | 15 | 10/10 | 1.50 |" in md
     rows = list(csv.DictReader(open(out / "main.csv")))
     assert {r["status"] for r in rows} >= {"complete", "failed", "not run", "data unavailable"}
     assert (out / "locomo.md").exists() and (out / "main.png").exists()
