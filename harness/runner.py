@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from harness.adapters import resolve_adapter
 from harness.backbone import Backbone, load_backbone
 from harness.errors import ConfigError
 from harness.records import RunRecord, config_hash, git_revision, package_versions, record_dir
@@ -72,7 +73,10 @@ def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_ba
     task = build(cfg.task, "task")
     episodes = task.episodes(seed)
     names = {"task": str(cfg.task.name), "method": str(cfg.method.name), "backbone": str(cfg.backbone.name)}
+    adapter = resolve_adapter(cfg)
     semantic = semantic_config(cfg)
+    if adapter:  # the record is tied to these weights, wherever the clone lives
+        semantic["method"].update(adapter=adapter["path"], adapter_sha256=adapter["weights_sha256"])
     chash = config_hash(semantic)
     record = RunRecord(record_dir(cfg.run.results_dir, seed=seed, chash=chash, **names))
     if record.is_complete() and not cfg.run.get("force", False):

@@ -684,6 +684,7 @@ def run_training(cfg, *, load: Callable[[Any], Any] | None = None) -> dict[str, 
     """``python -m harness.train``: compose → data → backbone → δ-mem → train (or resume)."""
     from omegaconf import OmegaConf
 
+    from harness.adapters import resolve_adapter
     from harness.backbone import load_backbone
     from harness.runner import seed_everything
     from harness.training.data import build_training_data
@@ -700,12 +701,15 @@ def run_training(cfg, *, load: Callable[[Any], Any] | None = None) -> dict[str, 
     if controls.save_every < 1:
         raise ConfigError(f"run.save_every must be >= 1, got {controls.save_every}")
     deltamem_config_from_method(OmegaConf.to_container(cfg.method, resolve=True))  # fail before any loading
+    warm_start = resolve_adapter(cfg)
     td = cfg.train_data
     data = build_training_data(build_sources(td), heldout_fraction=float(td.get("heldout_fraction", 0.1)),
                                split_seed=int(td.get("split_seed", 42)))
     semantic = OmegaConf.to_container(cfg, resolve=True)
     for key in ("run", "resume", "out_dir"):
         semantic.pop(key, None)
+    if warm_start:
+        semantic["method"].update(adapter=warm_start["path"], adapter_sha256=warm_start["weights_sha256"])
     out_dir = Path(str(cfg.out_dir))
     seed = int(cfg.seed)
     seed_everything(seed)

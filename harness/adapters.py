@@ -1,0 +1,72 @@
+"""Which trained weights a method runs with, and their identity in the run record.
+
+A method config may name ``adapter: shipped``: the adapter this repository ships for the run's backbone,
+``adapters/<backbone.name>/<method.name>/``. Resolving that before the config hash is taken, and hashing
+the adapter's weight files into the run's identity, means a retrained adapter starts a new record instead
+of resuming (and silently mixing with) one made with the old weights.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, open_dict
+
+from harness.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_DIR = ROOT / "adapters"
+SHIPPED = "shipped"
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".bin")
+
+
+def shipped_adapter(backbone: str, method: str) -> Path:
+    path = SHIPPED_DIR / backbone / method
+    if not path.is_dir() or not any(path.glob(f"*{s}") for s in WEIGHT_SUFFIXES):
+        have = sorted(str(p.parent.relative_to(SHIPPED_DIR)) for p in SHIPPED_DIR.glob("*/*/*.safetensors"))
+        raise ConfigError(f"method.adapter=shipped: no adapter is shipped for method {method} on backbone {backbone} "
+                          f"(looked in {path}; shipped: {', '.join(have) or 'none'}). Train one with "
+                          f"`python -m harness.train method={method} backbone=...`, pass method.adapter=DIR, "
+                          f"or method.adapter=null for an untrained memory")
+    return path
+
+
+def weights_sha256(path: Path) -> str:
+    """SHA-256 over the weight files of an adapter directory (names and bytes, in name order)."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        raise ConfigError(f"method.adapter={path}: no weight file ({', '.join(WEIGHT_SUFFIXES)}) in that directory")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _display(path: Path) -> str:
+    # inside the repository the record keeps a relative path, so hashes agree across clones
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path.resolve())
+
+
+def resolve_adapter(cfg: DictConfig) -> dict[str, Any] | None:
+    """Resolve ``cfg.method.adapter`` in place; return what identifies it (path and weights hash) or None."""
+    value = cfg.method.get("adapter") if "adapter" in cfg.method else None
+    if value in (None, "", "null"):
+        return None
+    if str(value) == SHIPPED:
+        path = shipped_adapter(str(cfg.backbone.name), str(cfg.method.name))
+    else:
+        path = Path(str(value)).expanduser()
+        if not path.is_absolute() and not path.exists() and (ROOT / path).exists():
+            path = ROOT / path
+        if not path.is_dir():
+            raise ConfigError(f"method.adapter={value}: not a directory")
+    with open_dict(cfg):
+        cfg.method.adapter = str(path.resolve())
+    return {"path": _display(path), "weights_sha256": weights_sha256(path)}
