@@ -71,6 +71,10 @@ class DeltaMemMethod(Method):
         super().setup(backbone, task, seed=seed)
         if backbone is None:
             raise ValueError(f"method {self.name} needs a backbone")
+        if self.adapter == "shipped":  # the runner resolves this; direct users of the class get the same rule
+            from harness.adapters import shipped_adapter
+
+            self.adapter = str(shipped_adapter(backbone.name, self.name))
         if self.adapter:
             saved = read_config(self.adapter)
             for key in ("rank", "num_state_heads", "delta_heads"):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.real_model
@@ -64,3 +65,27 @@ def test_sigkill_then_resume(tmp_path):
     ids = [r["sample_id"] for r in after]
     assert len(ids) == len(set(ids)) == 6
     assert after[: len(before)] == before  # finished samples kept as they were
+
+
+SHIPPED = sorted(p.parent.name for p in (ROOT / "adapters" / "smollm2_135m").glob("*/deltamem_model.safetensors"))
+
+
+@pytest.mark.parametrize("method", SHIPPED)
+def test_shipped_adapter_loads_on_the_embedded_backbone(smollm2_backbone, method):
+    from safetensors.torch import load_file
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from methods.deltamem.method import DeltaMemMethod
+
+    m = DeltaMemMethod(name=method, adapter="shipped", num_state_heads=4 if method.endswith("msw") else 1)
+    task = instantiate(OmegaConf.load(ROOT / "conf" / "task" / "locomo.yaml"), _convert_="all")
+    m.setup(smollm2_backbone, task, seed=0)  # the backbone signature check passes
+    saved = load_file(str(ROOT / "adapters" / "smollm2_135m" / method / "deltamem_model.safetensors"))
+    try:
+        params = dict(m.dm.named_parameters())
+        assert set(params) == set(saved)
+        assert all(torch.equal(params[k].detach(), saved[k]) for k in saved)
+    finally:
+        m.close()
