@@ -21,10 +21,14 @@ SHIPPED = "shipped"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".bin")
 
 
+def _weight_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES) if path.is_dir() else []
+
+
 def shipped_adapter(backbone: str, method: str) -> Path:
     path = SHIPPED_DIR / backbone / method
-    if not path.is_dir() or not any(path.glob(f"*{s}") for s in WEIGHT_SUFFIXES):
-        have = sorted(str(p.parent.relative_to(SHIPPED_DIR)) for p in SHIPPED_DIR.glob("*/*/*.safetensors"))
+    if not _weight_files(path):
+        have = sorted(f"{p.parent.name}/{p.name}" for p in SHIPPED_DIR.glob("*/*") if _weight_files(p))
         raise ConfigError(f"method.adapter=shipped: no adapter is shipped for method {method} on backbone {backbone} "
                           f"(looked in {path}; shipped: {', '.join(have) or 'none'}). Train one with "
                           f"`python -m harness.train method={method} backbone=...`, pass method.adapter=DIR, "
@@ -34,9 +38,14 @@ def shipped_adapter(backbone: str, method: str) -> Path:
 
 def weights_sha256(path: Path) -> str:
     """SHA-256 over the weight files of an adapter directory (names and bytes, in name order)."""
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    files = _weight_files(path)
     if not files:
         raise ConfigError(f"method.adapter={path}: no weight file ({', '.join(WEIGHT_SUFFIXES)}) in that directory")
+    return files_sha256(files)
+
+
+def files_sha256(files: list[Path]) -> str:
+    """SHA-256 over files' names and bytes, in the order given (weights identities in run records)."""
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())
@@ -55,8 +64,9 @@ def _display(path: Path) -> str:
 
 
 def resolve_adapter(cfg: DictConfig) -> dict[str, Any] | None:
-    """Resolve ``cfg.method.adapter`` in place; return what identifies it (path and weights hash) or None."""
-    value = cfg.method.get("adapter") if "adapter" in cfg.method else None
+    """Resolve ``cfg.method.adapter`` in place. Returns what identifies the adapter in a record's semantic
+    method config (``adapter``: clone-independent path, ``adapter_sha256``: weights hash), or None."""
+    value = cfg.method.get("adapter")
     if value in (None, "", "null"):
         return None
     if str(value) == SHIPPED:
@@ -69,4 +79,4 @@ def resolve_adapter(cfg: DictConfig) -> dict[str, Any] | None:
             raise ConfigError(f"method.adapter={value}: not a directory")
     with open_dict(cfg):
         cfg.method.adapter = str(path.resolve())
-    return {"path": _display(path), "weights_sha256": weights_sha256(path)}
+    return {"adapter": _display(path), "adapter_sha256": weights_sha256(path)}

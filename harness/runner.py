@@ -76,7 +76,7 @@ def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_ba
     adapter = resolve_adapter(cfg)
     semantic = semantic_config(cfg)
     if adapter:  # the record is tied to these weights, wherever the clone lives
-        semantic["method"].update(adapter=adapter["path"], adapter_sha256=adapter["weights_sha256"])
+        semantic["method"].update(adapter)
     chash = config_hash(semantic)
     record = RunRecord(record_dir(cfg.run.results_dir, seed=seed, chash=chash, **names))
     if record.is_complete() and not cfg.run.get("force", False):

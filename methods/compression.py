@@ -28,7 +28,6 @@ is untouched.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import time
@@ -376,10 +375,6 @@ def resolve_classifier(model_name: str, method: str) -> str:
 
 
 def _weights_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")]):
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+    from harness.adapters import files_sha256
+
+    return files_sha256(sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")]))

@@ -709,7 +709,7 @@ def run_training(cfg, *, load: Callable[[Any], Any] | None = None) -> dict[str, 
     for key in ("run", "resume", "out_dir"):
         semantic.pop(key, None)
     if warm_start:
-        semantic["method"].update(adapter=warm_start["path"], adapter_sha256=warm_start["weights_sha256"])
+        semantic["method"].update(warm_start)
     out_dir = Path(str(cfg.out_dir))
     seed = int(cfg.seed)
     seed_everything(seed)

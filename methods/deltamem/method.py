@@ -71,9 +71,9 @@ class DeltaMemMethod(Method):
         super().setup(backbone, task, seed=seed)
         if backbone is None:
             raise ValueError(f"method {self.name} needs a backbone")
-        if self.adapter == "shipped":  # the runner resolves this; direct users of the class get the same rule
-            from harness.adapters import shipped_adapter
+        from harness.adapters import SHIPPED, shipped_adapter
 
+        if self.adapter == SHIPPED:  # the runner resolves this; direct users of the class get the same rule
             self.adapter = str(shipped_adapter(backbone.name, self.name))
         if self.adapter:
             saved = read_config(self.adapter)

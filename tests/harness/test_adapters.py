@@ -42,7 +42,7 @@ def test_shipped_adapter_resolves_and_weights_set_the_identity(tmp_path, monkeyp
     assert adapters.resolve_adapter(compose_cfg("config", "method=deltamem_msw", "method.adapter=shipped")) == first
     (folder / "deltamem_model.safetensors").write_bytes(b"weights-2")  # retrained: a new identity
     second = adapters.resolve_adapter(compose_cfg("config", "method=deltamem_msw", "method.adapter=shipped"))
-    assert second["weights_sha256"] != first["weights_sha256"] and second["path"] == first["path"]
+    assert second["adapter_sha256"] != first["adapter_sha256"] and second["adapter"] == first["adapter"]
 
 
 def test_adapter_null_and_bad_paths(tmp_path):
