@@ -19,7 +19,7 @@ HEADS = ("q", "k", "v", "o")
 
 
 class _Runtime:
-    __slots__ = ("state", "cached_input", "cached_reads", "groups", "packed", "numpy")
+    __slots__ = ("state", "cached_input", "cached_reads", "groups", "packed", "numpy", "numpy_key", "numpy_call")
 
     def __init__(self) -> None:
         self.state: OnlineState | None = None
@@ -27,11 +27,21 @@ class _Runtime:
         self.cached_reads: torch.Tensor | None = None
         self.groups: dict[str, tuple[nn.Parameter, ...]] = {}
         self.packed: tuple[tuple[int, ...], torch.Tensor] | None = None
-        self.numpy: dict[str, tuple[tuple[int, ...], object]] = {}
+        self.numpy: dict[str, object] = {}
+        self.numpy_key: tuple[int, ...] | None = None
+        self.numpy_call: int | None = None  # the model call whose weights were last checked
 
 
 def _version_key(params: tuple[nn.Parameter, ...]) -> tuple[int, ...]:
     return tuple(x for p in params for x in (p._version, p.data_ptr()))
+
+
+def _numpy_layout(group: str, params: tuple[nn.Parameter, ...]):
+    w = torch.cat(params, 0) if len(params) > 1 else params[0]
+    if group == "bias":
+        return w.float().contiguous().numpy().copy()
+    # weights are laid out [in, out] so the compiled loops run over contiguous outputs
+    return w.float().t().contiguous().numpy()
 
 
 class DeltaMemLayer(nn.Module):
@@ -100,10 +110,24 @@ class DeltaMemLayer(nn.Module):
         """Reads ``[B, T, R]`` for the attention input ``h``; computed once per call and shared by q/k/v."""
         rt = self._rt
         if rt.cached_input is not h:
-            rt.cached_reads = self._compute_reads(h)
+            rt.cached_reads, _ = self._compute_reads(h)
             rt.cached_input = h
         assert rt.cached_reads is not None
         return rt.cached_reads
+
+    def corrected_query(self, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The q projection output ``out`` plus its correction, computing (and caching) the reads of ``h``.
+
+        On a decode step the reads and the q correction come out of one compiled call: the wrapper layers
+        are the δ-mem cost of a decode step, not its arithmetic.
+        """
+        rt = self._rt
+        if rt.cached_input is h:
+            return self.correction("q", out, rt.cached_reads)
+        fuse = fastpath.correction_eligible(out) and not (torch.is_grad_enabled() and out.requires_grad)
+        rt.cached_reads, corrected = self._compute_reads(h, out if fuse else None)
+        rt.cached_input = h
+        return out if corrected else self.correction("q", out, rt.cached_reads)
 
     def take_reads(self) -> torch.Tensor:
         """The reads of the current call, for the o_proj correction (which comes last)."""
@@ -140,24 +164,29 @@ class DeltaMemLayer(nn.Module):
         return self._rt.packed[1]
 
     def _numpy_weight(self, name: str):
-        """fp32 numpy copies for the compiled fast path, refreshed when a parameter changes in place."""
-        parts = self._rt.groups[name]
-        key = _version_key(parts)
-        hit = self._rt.numpy.get(name)
-        if hit is None or hit[0] != key:
-            with torch.no_grad():
-                w = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
-                # weights are laid out [in, out] so the compiled loops run over contiguous outputs
-                arr = w.float().contiguous().numpy().copy() if name == "bias" else w.float().t().contiguous().numpy()
-            hit = (key, arr)
-            self._rt.numpy[name] = hit
-        return hit[1]
+        """fp32 numpy copies for the compiled fast path, refreshed when a parameter changes in place.
+
+        Parameters cannot change inside one model call, so the version check runs once per layer and call
+        (a decode step would otherwise pay it for every head).
+        """
+        rt = self._rt
+        call = rt.state.call_id if rt.state is not None and rt.state.call_shape is not None else None
+        if call is None or rt.numpy_call != call:
+            key = _version_key(tuple(p for ps in rt.groups.values() for p in ps))
+            if rt.numpy_key != key:
+                with torch.no_grad():
+                    rt.numpy = {g: _numpy_layout(g, ps) for g, ps in rt.groups.items()}
+                rt.numpy_key = key
+            rt.numpy_call = call
+        return rt.numpy[name]
 
     def _needs_grad(self, hidden: torch.Tensor) -> bool:
         return torch.is_grad_enabled() and (hidden.requires_grad or any(
             p.requires_grad for ps in self._rt.groups.values() for p in ps))
 
-    def _compute_reads(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _compute_reads(self, hidden: torch.Tensor, out_q: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+        """Reads of this call, and whether the q correction was already added to ``out_q`` in passing (the
+        decode fast path fuses it into the same compiled call)."""
         st = self._rt.state
         if st is None:
             raise RuntimeError("δ-mem layer used while detached")
@@ -169,20 +198,22 @@ class DeltaMemLayer(nn.Module):
         valid = st.validity(b, t)
         segmented = st.write_enabled and cfg.write_granularity != "token" and st.call_segment_ids is not None
         state = st.get(self.layer_id, b, hidden.device)
-        fast = not segmented and resolve_impl(cfg.scan_impl, hidden.device) == "numba"
+        fast = not segmented and (st.call_impl or resolve_impl(cfg.scan_impl, hidden.device)) == "numba"
         if fast and fastpath.eligible(hidden) and not self._needs_grad(hidden):
+            correct_q = (self._numpy_weight("q"), cfg.scale, out_q) if out_q is not None else None
             reads, new_state = fastpath.reads(hidden, self._numpy_weight("in"), self._numpy_weight("bias"),
-                                              state=state, valid=valid, heads=h, write=st.write_enabled)
+                                              state=state, valid=valid, heads=h, write=st.write_enabled,
+                                              correct_q=correct_q)
             if st.write_enabled:
                 st.put(self.layer_id, new_state.view(state.shape))
-            return reads
+            return reads, out_q is not None
         pre = F.linear(hidden, self._packed_weight())
         if fast and not self._needs_grad(hidden):
             reads, new_state = fused_scan_inference(pre, self.beta_bias, state=state.view(b, h, r, r),
                                                     valid=valid, write=st.write_enabled)
             if st.write_enabled:
                 st.put(self.layer_id, new_state.view(state.shape))
-            return reads.to(hidden.dtype)
+            return reads.to(hidden.dtype), False
         q, k, v, beta = self._features(pre)
         s = state.reshape(b * h, r, r)
         valid_n = valid.repeat_interleave(h, 0) if (valid is not None and h > 1) else valid
@@ -201,14 +232,14 @@ class DeltaMemLayer(nn.Module):
             st.put(self.layer_id, s_new.view(state.shape))
         if h > 1:
             reads = reads.view(b, h, t, r).transpose(1, 2)
-        return reads.reshape(b, t, h * r).to(hidden.dtype)
+        return reads.reshape(b, t, h * r).to(hidden.dtype), False
 
     def correction(self, head: str, out: torch.Tensor, reads: torch.Tensor) -> torch.Tensor:
         """``out + (α/r) · W_Δhead · reads`` (one fused addmm)."""
         w = self._rt.groups[head][0]
         # In place and in one pass over the output: BLAS with an inner dimension of 8 plus addmm's copy of
         # ``out`` costs more than the base projection itself on long prompts.
-        if (fastpath.correction_eligible(out, reads)
+        if (fastpath.correction_eligible(out) and reads.dtype == torch.float32 and reads.device.type == "cpu"
                 and not (torch.is_grad_enabled() and (w.requires_grad or out.requires_grad or reads.requires_grad))):
             return fastpath.add_correction(out, reads, self._numpy_weight(head), self.config.scale)
         flat = torch.addmm(out.reshape(-1, out.shape[-1]), reads.reshape(-1, reads.shape[-1]), w.t(),

@@ -56,6 +56,8 @@ class OnlineState:
         self.call_valid: torch.Tensor | None = None
         self.call_segment_ids: torch.Tensor | None = None
         self.call_shape: tuple[int, int] | None = None
+        self.call_impl: str | None = None  # the scan implementation, resolved once per call
+        self.call_id = 0                   # bumped by every call: per-call caches in the layers key on it
 
     # ---------------------------------------------------------------- state tensors
     def _shape(self, batch: int) -> tuple[int, ...]:
@@ -143,7 +145,10 @@ class OnlineState:
         self._pending_segment_ids = segment_ids
 
     # ---------------------------------------------------------------- per-call (hooks)
-    def begin_call(self, batch: int, length: int, attention_mask: torch.Tensor | None) -> None:
+    def begin_call(self, batch: int, length: int, attention_mask: torch.Tensor | None,
+                   impl: str | None = None) -> None:
+        self.call_id += 1
+        self.call_impl = impl
         if attention_mask is not None:
             if attention_mask.dim() != 2:
                 # A 4-D mask's polarity differs across attention implementations (the reference's sdpa
@@ -169,6 +174,8 @@ class OnlineState:
         self.call_valid = None
         self.call_segment_ids = None
         self.call_shape = None
+        self.call_impl = None
+        self.call_id += 1
 
     def validity(self, batch: int, length: int) -> torch.Tensor | None:
         """``[B, T]`` bool for the current call, or None when every token is valid."""

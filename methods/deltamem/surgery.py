@@ -25,6 +25,7 @@ from torch import nn
 
 from methods.deltamem.config import DeltaMemConfig
 from methods.deltamem.layer import HEADS, DeltaMemLayer
+from methods.deltamem.scan import resolve_impl
 from methods.deltamem.state import OnlineState, Snapshot
 
 PARAM_PREFIX = "deltamem"  # submodule name on each attention module: <attn>.deltamem.<param>
@@ -67,6 +68,8 @@ class DeltaMemProjection(nn.Module):
         layer: DeltaMemLayer = self.deltamem_layer  # type: ignore[assignment]
         if self.head == "o":
             return layer.correction("o", out, layer.take_reads())
+        if self.head == "q" and self.add_correction:
+            return layer.corrected_query(x, out)
         reads = layer.reads_for(x)
         return layer.correction(self.head, out, reads) if self.add_correction else out
 
@@ -156,7 +159,8 @@ class DeltaMem:
         ref = ids if ids is not None else bound.get("inputs_embeds")
         if ref is None:
             raise ValueError("δ-mem: the model was called without input_ids or inputs_embeds")
-        self.state.begin_call(ref.shape[0], ref.shape[1], bound.get("attention_mask"))
+        self.state.begin_call(ref.shape[0], ref.shape[1], bound.get("attention_mask"),
+                              impl=resolve_impl(self.config.scan_impl, ref.device))
 
     def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         self.state.end_call()
