@@ -5,7 +5,9 @@ Writes to ``reports/``:
   clustered standard error), the mean over the tasks the row has, and that mean's ratio
   to the frozen backbone (``vanilla``) on the same tasks, one table per backbone;
 * ``<task>.md`` / ``<task>.csv``: the per-category breakdown of every method with counts;
-* ``main.png``: a grouped bar chart of the main table.
+* ``main.png``: a grouped bar chart of the main table;
+* ``costs.md`` / ``costs.csv``: what each complete run put into the prompt, per question (prompt,
+  context and generated tokens, retrieved pieces, achieved compression), next to its score.
 
 Only run records are read. A cell without a complete record says why: ``not run``,
 ``failed``, ``running (k/n)`` or ``data unavailable``. Records on a subset of a task
@@ -35,6 +37,7 @@ class Cell:
     n: int = 0
     subset: bool = False
     header: dict[str, Any] = field(default_factory=dict)
+    record: Any = None  # the RunRecord, for tables that need the samples
 
     def text(self) -> str:
         if self.status != "complete":
@@ -70,6 +73,7 @@ def collect(results_dir: Path) -> dict[tuple[str, str, str], Cell]:
         if None in key:
             continue
         cell = _cell_from(h, len(rec.samples()) if h.get("status") != "complete" else 0)
+        cell.record = rec
         rank = (cell.status == "complete", not cell.subset, cell.n, h.get("finished", ""))
         if key not in best or rank > best[key][0]:
             best[key] = (rank, cell)
@@ -193,6 +197,51 @@ def write_breakdowns(cells: dict[tuple[str, str, str], Cell], tasks: list[str], 
             w.writerows(csv_rows)
 
 
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def cost_of(cell: Cell) -> dict[str, Any]:
+    """Per-question means over a complete run's samples. ``retrieved`` counts the pieces a retrieval method put
+    into the prompt; ``compression`` is the achieved ratio a compressor recorded (original / compressed)."""
+    samples = list(cell.record.samples().values()) if cell.record is not None else []
+    retrieved = [len(s.method_info["retrieved_ids"]) for s in samples if "retrieved_ids" in s.method_info]
+    ratios = [float(s.method_info["compression_ratio"]) for s in samples
+              if s.method_info.get("compression_ratio") is not None]
+    return {"n": len(samples),
+            "prompt_tokens": _mean([s.prompt_tokens for s in samples]),
+            "context_tokens": _mean([s.context_tokens for s in samples]),
+            "new_tokens": _mean([s.new_tokens for s in samples]),
+            "retrieved": _mean(retrieved), "compression": _mean(ratios)}
+
+
+def write_costs(cells: dict[tuple[str, str, str], Cell], out: Path) -> None:
+    done = sorted(((k, c) for k, c in cells.items() if c.status == "complete"), key=lambda kc: (kc[0][0], kc[0][2],
+                                                                                             kc[0][1] != BASELINE, kc[0][1]))
+    md = ["# Prompt cost next to quality", "",
+          "Means per question over each complete run's samples. `prompt` counts the backbone tokens of the whole "
+          "prompt (a prefix reused across an episode's questions counted for every question), `context` the tokens "
+          "of the episode context in it (retrieved, compressed or summarised for the text-memory methods; 0 when "
+          "the method keeps it out of the prompt), `generated` the new tokens. `retrieved`: pieces put into the "
+          "prompt; `compression`: achieved original/compressed ratio recorded by the compressor.", ""]
+    rows, csv_rows = [], []
+    fmt = lambda v, d=1: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
+    for (backbone, method, task), cell in done:
+        c = cost_of(cell)
+        rows.append([backbone, task, method + (" †" if cell.subset else ""), cell.text(), fmt(c["prompt_tokens"]),
+                     fmt(c["context_tokens"]), fmt(c["new_tokens"]), fmt(c["retrieved"]), fmt(c["compression"], 2)])
+        csv_rows.append({"backbone": backbone, "task": task, "method": method, "subset": cell.subset,
+                         "metric": cell.header.get("primary_metric", ""), "value": cell.value, **c})
+    md += [_md_table(["backbone", "task", "method", "score ×100", "prompt", "context", "generated", "retrieved",
+                      "compression"], rows), ""]
+    (out / "costs.md").write_text("\n".join(md) + "\n")
+    with open(out / "costs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["backbone", "task", "method", "subset", "metric", "value", "n",
+                                          "prompt_tokens", "context_tokens", "new_tokens", "retrieved", "compression"])
+        w.writeheader()
+        w.writerows(csv_rows)
+
+
 def write_plot(by_backbone, tasks: list[str], out: Path) -> None:
     import matplotlib
 
@@ -231,6 +280,7 @@ def build_report(results_dir: Path, out: Path) -> dict[str, Any]:
     by_backbone = main_rows(cells, tasks)
     write_main(by_backbone, tasks, out)
     write_breakdowns(cells, tasks, out)
+    write_costs(cells, out)
     write_plot(by_backbone, tasks, out)
     return {"records": len(cells), "backbones": list(by_backbone), "tasks": tasks}
 
