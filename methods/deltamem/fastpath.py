@@ -3,7 +3,8 @@
 A one-token decode step does ~20 k multiply-adds of δ-mem work per layer, while each torch op costs
 several microseconds of dispatch; chaining the ~15 ops of the generic path costs more than the work
 itself (≈ 5 % of a SmolLM2-135M decode step). Here the whole step is two compiled calls on numpy views
-of the torch tensors: reads + write + q correction, then the o correction. Used only when it is exactly equivalent and cheaper: fp32 CPU tensors, no
+of the torch tensors: reads + write + q correction (``reads_q_kernel``, driven by
+``DeltaMemLayer.fast_query``), then the o correction. Used only when it is exactly equivalent and cheaper: fp32 CPU tensors, no
 autograd, token-level writes or writes off, and at most :data:`MAX_TOKENS` tokens in the call (larger
 calls project through torch's BLAS, which wins for long prompts). The corrections use the compiled in-place
 update at every length (one pass over the projection output).
@@ -100,13 +101,15 @@ if numba_available():
                             out[b, t, o] += c * w_t[i, o]
 
     @_jit
-    def _reads_q_kernel(h, w_in_t, bias, state, valid, all_valid, heads, write, reads, new_state,
-                        w_q_t, scale, out_q):  # pragma: no cover
+    def reads_q_kernel(h, w_in_t, bias, state, valid, all_valid, heads, write, reads, new_state,
+                       w_q_t, scale, out_q):  # pragma: no cover
         # one dispatch per decode step and layer for the reads, the write and the q correction
         _reads_kernel(h, w_in_t, bias, state, valid, all_valid, heads, write, reads, new_state)
         _correction_kernel(reads, w_q_t, scale, out_q)
 
-_DUMMY_VALID = np.ones((1, 1), dtype=np.bool_)
+    correction_kernel = _correction_kernel
+
+ALL_VALID = np.ones((1, 1), dtype=np.bool_)  # stands for "no padding" (the kernels then skip the mask)
 
 
 def eligible(hidden: torch.Tensor) -> bool:
@@ -115,18 +118,15 @@ def eligible(hidden: torch.Tensor) -> bool:
             and not hidden.requires_grad)
 
 
-def correction_eligible(out: torch.Tensor) -> bool:
-    return (numba_available() and out.device.type == "cpu" and out.dtype == torch.float32 and out.dim() == 3
+def correction_eligible(out: torch.Tensor, reads: torch.Tensor) -> bool:
+    return (numba_available() and out.device.type == "cpu" and out.dtype == torch.float32
+            and reads.dtype == torch.float32 and reads.device.type == "cpu" and out.dim() == 3
             and out.is_contiguous())
 
 
 def reads(hidden: torch.Tensor, w_in_t: np.ndarray, bias: np.ndarray, *, state: torch.Tensor,
-          valid: torch.Tensor | None, heads: int, write: bool,
-          correct_q: tuple[np.ndarray, float, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reads ``[B, T, R]`` and the new state ``[B, H, r, r]`` (fresh tensors, fp32).
-
-    ``correct_q = (w_q_t, scale, out_q)`` also adds ``scale · reads @ w_q_t`` to ``out_q`` in place, in the
-    same compiled call (``out_q`` as for :func:`add_correction`)."""
+          valid: torch.Tensor | None, heads: int, write: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reads ``[B, T, R]`` and the new state ``[B, H, r, r]`` (fresh tensors, fp32)."""
     b, t, _ = hidden.shape
     r = state.shape[-1]
     st = state.detach().reshape(b, heads, r, r)
@@ -135,13 +135,8 @@ def reads(hidden: torch.Tensor, w_in_t: np.ndarray, bias: np.ndarray, *, state: 
     out_reads = np.empty((b, t, heads * r), dtype=np.float32)
     new_state = np.empty((b, heads, r, r), dtype=np.float32)
     h = hidden if hidden.is_contiguous() else hidden.contiguous()
-    vmask = _DUMMY_VALID if valid is None else valid.contiguous().numpy()
-    if correct_q is None:
-        _reads_kernel(h.numpy(), w_in_t, bias, st.numpy(), vmask, valid is None, heads, write, out_reads, new_state)
-    else:
-        w_q_t, scale, out_q = correct_q
-        _reads_q_kernel(h.numpy(), w_in_t, bias, st.numpy(), vmask, valid is None, heads, write, out_reads,
-                        new_state, w_q_t, np.float32(scale), out_q.detach().numpy())
+    vmask = ALL_VALID if valid is None else valid.contiguous().numpy()
+    _reads_kernel(h.numpy(), w_in_t, bias, st.numpy(), vmask, valid is None, heads, write, out_reads, new_state)
     return torch.from_numpy(out_reads), torch.from_numpy(new_state)
 
 

@@ -57,6 +57,8 @@ class OnlineState:
         self.call_segment_ids: torch.Tensor | None = None
         self.call_shape: tuple[int, int] | None = None
         self.call_impl: str | None = None  # the scan implementation, resolved once per call
+        self.call_fast = False             # the call takes the compiled decode path (set by the pre-hook)
+        self.call_valid_np = None          # call_valid as a numpy array, for that path
         self.call_id = 0                   # bumped by every call: per-call caches in the layers key on it
 
     # ---------------------------------------------------------------- state tensors
@@ -163,6 +165,9 @@ class OnlineState:
             self.call_valid = None if bool(valid.all()) else valid
         else:
             self.call_valid = None
+        cv = self.call_valid
+        self.call_valid_np = cv.contiguous().numpy() if cv is not None and cv.device.type == "cpu" else None
+        self.call_fast = False
         ids, self._pending_segment_ids = self._pending_segment_ids, None
         if ids is not None and tuple(ids.shape) != (batch, length):
             raise ValueError(f"segment ids {tuple(ids.shape)} do not match this call's [batch, tokens] = "
@@ -175,6 +180,8 @@ class OnlineState:
         self.call_segment_ids = None
         self.call_shape = None
         self.call_impl = None
+        self.call_fast = False
+        self.call_valid_np = None
         self.call_id += 1
 
     def validity(self, batch: int, length: int) -> torch.Tensor | None:

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from methods.deltamem import fastpath
 from methods.deltamem.config import DeltaMemConfig
 from methods.deltamem.layer import HEADS, DeltaMemLayer
 from methods.deltamem.scan import resolve_impl
@@ -67,9 +68,11 @@ class DeltaMemProjection(nn.Module):
         out = self.base_layer(x)
         layer: DeltaMemLayer = self.deltamem_layer  # type: ignore[assignment]
         if self.head == "o":
+            if layer.fast_output(out):
+                return out
             return layer.correction("o", out, layer.take_reads())
-        if self.head == "q" and self.add_correction:
-            return layer.corrected_query(x, out)
+        if self.head == "q" and self.add_correction and layer.fast_query(x, out):
+            return out
         reads = layer.reads_for(x)
         return layer.correction(self.head, out, reads) if self.add_correction else out
 
@@ -159,8 +162,18 @@ class DeltaMem:
         ref = ids if ids is not None else bound.get("inputs_embeds")
         if ref is None:
             raise ValueError("δ-mem: the model was called without input_ids or inputs_embeds")
-        self.state.begin_call(ref.shape[0], ref.shape[1], bound.get("attention_mask"),
-                              impl=resolve_impl(self.config.scan_impl, ref.device))
+        st = self.state
+        impl = resolve_impl(self.config.scan_impl, ref.device)
+        st.begin_call(ref.shape[0], ref.shape[1], bound.get("attention_mask"), impl=impl)
+        # Decode steps: what holds for the whole call is decided here once, not in every layer.
+        st.call_fast = (impl == "numba" and ref.device.type == "cpu" and not torch.is_grad_enabled()
+                        and ref.shape[0] * ref.shape[1] <= fastpath.MAX_TOKENS
+                        and (st.call_valid is None or st.call_valid_np is not None)
+                        and (not st.write_enabled or self.config.write_granularity == "token"
+                             or st.call_segment_ids is None))
+        if st.call_fast:
+            for site in self._sites:
+                site.layer.prepare_fast_call()
 
     def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         self.state.end_call()

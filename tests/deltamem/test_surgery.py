@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from methods.deltamem import DeltaMemConfig, UnsupportedArchitecture, attach
+from methods.deltamem.layer import DeltaMemLayer
 from methods.deltamem.scan import unit
 from methods.deltamem.surgery import DeltaMemProjection
 
@@ -380,6 +381,11 @@ def test_fast_paths_match_naive_loop(fresh, variant, monkeypatch):
     x = ids(2, 40)
     mask = torch.ones(2, 40, dtype=torch.long)
     mask[1, :6] = 0
+    mask[1, 32] = 0  # a padded token inside a compiled decode step
+    taken = []  # what the decode fast path did on each call it was offered
+    fast_query = DeltaMemLayer.fast_query
+    monkeypatch.setattr(DeltaMemLayer, "fast_query", lambda self, h, out: taken.append(fast_query(self, h, out))
+                        or taken[-1])
 
     def session():
         dm.reset()
@@ -394,10 +400,15 @@ def test_fast_paths_match_naive_loop(fresh, variant, monkeypatch):
         return torch.cat(outs, 1), states(dm)
 
     fast, s_fast = session()
+    n_layers = len(dm.layers)
+    # the 6 decode steps and the final 2x4-token read-only call; not the 2x30-token prefill
+    assert sum(taken) == 7 * n_layers and len(taken) == 8 * n_layers
+    taken.clear()
     monkeypatch.setenv("DELTAMEM_SCAN_IMPL", "chunked")  # what CUDA runs
     chunked, s_chunked = session()
     monkeypatch.setenv("DELTAMEM_SCAN_IMPL", "naive")
     slow, s_slow = session()
+    assert not any(taken)
     valid = mask.bool()
     assert max_diff(fast[valid], slow[valid]) <= TOL
     assert max_diff(chunked[valid], slow[valid]) <= TOL
