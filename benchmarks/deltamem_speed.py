@@ -150,6 +150,10 @@ class Cell:
         ratio = ""
         if ref is not None and ref is not self:
             ratio = f"  speed vs {ref.variant}: {ref.median / self.median:.3f}×  (time {self.median / ref.median:.3f}×)"
+            if len(ref.times_s) == len(self.times_s) > 1:
+                # reps are interleaved, so each rep's ratio cancels the load drift between reps
+                paired = statistics.median(r / t for r, t in zip(ref.times_s, self.times_s))
+                ratio += f"  paired (median of per-rep ratios): {paired:.3f}×"
         fc = max(self.foreign_cores) if self.foreign_cores else 0.0
         return (f"  {self.variant:<22} {self.median * scale:10.4f} {per}  "
                 f"[{', '.join(f'{t * scale:.4f}' for t in self.times_s)}]  foreign≤{fc:.2f}{ratio}")
