@@ -271,8 +271,10 @@ if _numba is not None:
 
 
     @_jit
-    def _fused_kernel(pre, bias, state, valid, heads, write, reads, new_state):  # pragma: no cover - compiled
-        n_b, n_tok, four_r = pre.shape
+    def _fused_kernel(act, state, valid, heads, write, reads, new_state):  # pragma: no cover - compiled
+        # act [B, T, 4R]: tanh(q̂), tanh(k̂), v, β — the transcendental functions are applied beforehand by
+        # torch's vectorised kernels (per-element libm calls here cost more than the whole recurrence)
+        n_b, n_tok, four_r = act.shape
         big_r = four_r // 4
         r = big_r // heads
         s = _np.empty((r, r), dtype=_np.float32)
@@ -292,8 +294,8 @@ if _numba is not None:
                     qn = _np.float32(0.0)
                     kn = _np.float32(0.0)
                     for j in range(r):
-                        q[j] = _np.tanh(pre[b, t, o + j])
-                        k[j] = _np.tanh(pre[b, t, big_r + o + j])
+                        q[j] = act[b, t, o + j]
+                        k[j] = act[b, t, big_r + o + j]
                         qn += q[j] * q[j]
                         kn += k[j] * k[j]
                     qn = max(_np.sqrt(qn), _np.float32(1e-6))
@@ -309,9 +311,8 @@ if _numba is not None:
                             dot += s[i, j] * k[j]
                         reads[b, t, o + i] = rd
                         if write:
-                            x = pre[b, t, 3 * big_r + o + i] + bias[o + i]
-                            beta = _np.float32(1.0) / (_np.float32(1.0) + _np.exp(-x))
-                            w = beta * (pre[b, t, 2 * big_r + o + i] - dot)
+                            beta = act[b, t, 3 * big_r + o + i]
+                            w = beta * (act[b, t, 2 * big_r + o + i] - dot)
                             keep = _np.float32(1.0) - beta
                             for j in range(r):
                                 s[i, j] = keep * s[i, j] + w * k[j]
@@ -384,7 +385,8 @@ def scan_numba(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
 
 def fused_scan_inference(pre: torch.Tensor, bias: torch.Tensor, *, state: torch.Tensor,
                          valid: torch.Tensor | None, write: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """No-grad CPU fast path: projections → features → scan in one compiled call.
+    """No-grad CPU fast path: gate and squashing functions by torch's vectorised kernels, then the L2
+    normalisation and the scan in one compiled call.
 
     ``pre``: ``[B, T, 4R]`` pre-activations packed as (q̂, k̂, v, β̂), each block head-major
     (``R = H·r``); ``bias``: ``[R]`` gate bias; ``state``: ``[B, H, r, r]``. Returns reads ``[B, T, R]``
@@ -393,14 +395,16 @@ def fused_scan_inference(pre: torch.Tensor, bias: torch.Tensor, *, state: torch.
     the per-op dispatch cost that dominates a one-token decode step.
     """
     b, t, four_r = pre.shape
+    big_r = four_r // 4
     heads, r = state.shape[1], state.shape[2]
-    pre_np = pre.detach().to(torch.float32).contiguous()
+    pre = pre.detach().to(torch.float32)
+    act = torch.cat([torch.tanh(pre[..., :2 * big_r]), pre[..., 2 * big_r:3 * big_r],
+                     torch.sigmoid(pre[..., 3 * big_r:] + bias.detach().to(torch.float32))], -1)
     st = state.detach().to(torch.float32).contiguous()
-    reads = torch.empty(b, t, four_r // 4, dtype=torch.float32)
+    reads = torch.empty(b, t, big_r, dtype=torch.float32)
     new_state = torch.empty_like(st)
     vmask = _np_valid(valid, b, t)
-    _fused_kernel(pre_np.numpy(), bias.detach().to(torch.float32).contiguous().numpy(), st.numpy(), vmask,
-                  heads, write, reads.numpy(), new_state.numpy())
+    _fused_kernel(act.numpy(), st.numpy(), vmask, heads, write, reads.numpy(), new_state.numpy())
     return reads, new_state
 
 # --------------------------------------------------------------------------------------------- dispatch
