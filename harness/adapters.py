@@ -55,7 +55,7 @@ def files_sha256(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def _display(path: Path) -> str:
+def display_path(path: Path) -> str:
     # inside the repository the record keeps a relative path, so hashes agree across clones
     try:
         return str(path.resolve().relative_to(ROOT))
@@ -79,4 +79,4 @@ def resolve_adapter(cfg: DictConfig) -> dict[str, Any] | None:
             raise ConfigError(f"method.adapter={value}: not a directory")
     with open_dict(cfg):
         cfg.method.adapter = str(path.resolve())
-    return {"adapter": _display(path), "adapter_sha256": weights_sha256(path)}
+    return {"adapter": display_path(path), "adapter_sha256": weights_sha256(path)}

@@ -13,10 +13,12 @@ Protocols (recorded in every run):
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from harness.adapters import SHIPPED, display_path, shipped_adapter
 from harness.backbone import Backbone
 from harness.types import Episode, Prediction, Query
 from methods.base import Method
@@ -71,8 +73,6 @@ class DeltaMemMethod(Method):
         super().setup(backbone, task, seed=seed)
         if backbone is None:
             raise ValueError(f"method {self.name} needs a backbone")
-        from harness.adapters import SHIPPED, shipped_adapter
-
         if self.adapter == SHIPPED:  # the runner resolves this; direct users of the class get the same rule
             self.adapter = str(shipped_adapter(backbone.name, self.name))
         if self.adapter:
@@ -139,7 +139,7 @@ class DeltaMemMethod(Method):
 
     def describe(self) -> dict[str, Any]:
         out = {**super().describe(), "variant": self.config.variant, "deltamem": self.config.to_dict(),
-               "adapter": self.adapter, "reuse_prefix": self.reuse_prefix,
+               "adapter": display_path(Path(self.adapter)) if self.adapter else None, "reuse_prefix": self.reuse_prefix,
                "chunk_tokens": self.chunk_tokens}
         if self.dm is not None:
             out["trainable_parameters"] = self.dm.num_parameters()
