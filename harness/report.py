@@ -208,11 +208,13 @@ def cost_of(cell: Cell) -> dict[str, Any]:
     retrieved = [len(s.method_info["retrieved_ids"]) for s in samples if "retrieved_ids" in s.method_info]
     ratios = [float(s.method_info["compression_ratio"]) for s in samples
               if s.method_info.get("compression_ratio") is not None]
+    memory = [float(s.method_info["memory_bytes"]) for s in samples if s.method_info.get("memory_bytes") is not None]
     return {"n": len(samples),
             "prompt_tokens": _mean([s.prompt_tokens for s in samples]),
             "context_tokens": _mean([s.context_tokens for s in samples]),
             "new_tokens": _mean([s.new_tokens for s in samples]),
-            "retrieved": _mean(retrieved), "compression": _mean(ratios)}
+            "retrieved": _mean(retrieved), "compression": _mean(ratios),
+            "memory_kb": None if not memory else _mean(memory) / 1024}
 
 
 def write_costs(cells: dict[tuple[str, str, str], Cell], out: Path) -> None:
@@ -223,21 +225,24 @@ def write_costs(cells: dict[tuple[str, str, str], Cell], out: Path) -> None:
           "prompt (a prefix reused across an episode's questions counted for every question), `context` the tokens "
           "of the episode context in it (retrieved, compressed or summarised for the text-memory methods; 0 when "
           "the method keeps it out of the prompt), `generated` the new tokens. `retrieved`: pieces put into the "
-          "prompt; `compression`: achieved original/compressed ratio recorded by the compressor.", ""]
+          "prompt; `compression`: achieved original/compressed ratio recorded by the compressor; `memory KB`: the size "
+          "of a method's own memory per sequence (δ-mem's states).", ""]
     rows, csv_rows = [], []
     fmt = lambda v, d=1: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
     for (backbone, method, task), cell in done:
         c = cost_of(cell)
         rows.append([backbone, task, method + (" †" if cell.subset else ""), cell.text(), fmt(c["prompt_tokens"]),
-                     fmt(c["context_tokens"]), fmt(c["new_tokens"]), fmt(c["retrieved"]), fmt(c["compression"], 2)])
+                     fmt(c["context_tokens"]), fmt(c["new_tokens"]), fmt(c["retrieved"]), fmt(c["compression"], 2),
+                     fmt(c["memory_kb"])])
         csv_rows.append({"backbone": backbone, "task": task, "method": method, "subset": cell.subset,
                          "metric": cell.header.get("primary_metric", ""), "value": cell.value, **c})
     md += [_md_table(["backbone", "task", "method", "score ×100", "prompt", "context", "generated", "retrieved",
-                      "compression"], rows), ""]
+                      "compression", "memory KB"], rows), ""]
     (out / "costs.md").write_text("\n".join(md) + "\n")
     with open(out / "costs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["backbone", "task", "method", "subset", "metric", "value", "n",
-                                          "prompt_tokens", "context_tokens", "new_tokens", "retrieved", "compression"])
+                                          "prompt_tokens", "context_tokens", "new_tokens", "retrieved", "compression",
+                                          "memory_kb"])
         w.writeheader()
         w.writerows(csv_rows)
 

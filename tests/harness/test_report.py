@@ -56,13 +56,13 @@ def test_cost_table_means_over_the_samples(tmp_path):
                              method_info={"retrieved_ids": list(range(i + 1))}) for i in range(3)])
     rec = RunRecord(res / "locomo" / "llmlingua1_smol" / "tiny" / "seed-42-llmlingua1_smollocomo")
     rec.append([SampleRecord(f"q{i}", "e", "a", None, "x", "y", None, {"f1": 0.0}, prompt_tokens=50, new_tokens=2,
-                             context_tokens=30, latency_s=0.1, method_info={"compression_ratio": r})
+                             context_tokens=30, latency_s=0.1, method_info={"compression_ratio": r, "memory_bytes": 1536})
                 for i, r in enumerate([2.0, 4.0])])
     build_report(res, out)
     md = (out / "costs.md").read_text()
     # bm25: prompt (100+120+140)/3, context 60, generated (4+5+6)/3, retrieved (1+2+3)/3; no compression
-    assert "| tiny | locomo | bm25_rag | 25.00 ± 1.00 | 120.0 | 60.0 | 5.0 | 2.0 | – |" in md
-    assert "| tiny | locomo | llmlingua1_smol | 10.00 ± 1.00 | 50.0 | 30.0 | 2.0 | – | 3.00 |" in md
+    assert "| tiny | locomo | bm25_rag | 25.00 ± 1.00 | 120.0 | 60.0 | 5.0 | 2.0 | – | – |" in md
+    assert "| tiny | locomo | llmlingua1_smol | 10.00 ± 1.00 | 50.0 | 30.0 | 2.0 | – | 3.00 | 1.5 |" in md
     assert "| vanilla |" not in md  # only complete runs have a cost
     rows = {r["method"]: r for r in csv.DictReader(open(out / "costs.csv"))}
     assert set(rows) == {"bm25_rag", "llmlingua1_smol"} and float(rows["bm25_rag"]["retrieved"]) == 2.0
