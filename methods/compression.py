@@ -36,6 +36,7 @@ from typing import Any, Sequence
 
 import torch
 
+from harness.adapters import files_sha256
 from harness.errors import ConfigError
 from harness.types import ContextUnit, Episode, Prediction, Query, RenderedContext
 from methods.base import Method
@@ -375,6 +376,4 @@ def resolve_classifier(model_name: str, method: str) -> str:
 
 
 def _weights_digest(folder: Path) -> str:
-    from harness.adapters import files_sha256
-
     return files_sha256(sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")]))

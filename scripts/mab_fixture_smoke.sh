@@ -13,14 +13,10 @@ trap 'rm -rf "$work"' EXIT
 PYTHONPATH=. .venv/bin/python - "$work" <<'PY'
 import json, sys
 from pathlib import Path
-from tests.tasks.mab_fixture import write_fixture
+from tests.tasks.mab_fixture import ENTITY2ID, write_fixture
 root = Path(sys.argv[1]) / "mab"
 write_fixture(root)
-# ReDial ids of the fixture's movies (the shared entity2id.json has them too; this keeps the run self-contained)
-(root / "entity2id.json").write_text(json.dumps({
-    "<http://dbpedia.org/resource/Jaws_(film)>": 906, "<http://dbpedia.org/resource/Alien_(film)>": 13950,
-    "<http://dbpedia.org/resource/Titanic_(1997_film)>": 7594, "<http://dbpedia.org/resource/Up_(2009_film)>": 14742,
-    "<http://dbpedia.org/resource/The_Matrix>": 14398}))
+(root / "entity2id.json").write_text(json.dumps(ENTITY2ID))
 PY
 start=$(date +%s)
 .venv/bin/python -m harness method="$method" task=memoryagentbench task.data_dir="$work/mab" \

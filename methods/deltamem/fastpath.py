@@ -88,7 +88,7 @@ if numba_available():
                         new_state[b, hh, i, j] = s[i, j]
 
     @_jit
-    def _correction_kernel(reads, w_t, scale, out):  # pragma: no cover
+    def correction_kernel(reads, w_t, scale, out):  # pragma: no cover
         # out[b, t, :] += scale * w_t.T @ reads[b, t]   (w_t [R, D], in place)
         n_b, n_t, big_r = reads.shape
         dim = w_t.shape[1]
@@ -105,9 +105,8 @@ if numba_available():
                        w_q_t, scale, out_q):  # pragma: no cover
         # one dispatch per decode step and layer for the reads, the write and the q correction
         _reads_kernel(h, w_in_t, bias, state, valid, all_valid, heads, write, reads, new_state)
-        _correction_kernel(reads, w_q_t, scale, out_q)
+        correction_kernel(reads, w_q_t, scale, out_q)
 
-    correction_kernel = _correction_kernel
 
 ALL_VALID = np.ones((1, 1), dtype=np.bool_)  # stands for "no padding" (the kernels then skip the mask)
 
@@ -144,5 +143,5 @@ def add_correction(out: torch.Tensor, read: torch.Tensor, w_t: np.ndarray, scale
     """``out += scale · reads @ w_t`` in place (``out`` is a fresh projection output nobody else holds,
     contiguous fp32: see :func:`correction_eligible`)."""
     r = read if read.is_contiguous() else read.contiguous()
-    _correction_kernel(r.detach().numpy(), w_t, np.float32(scale), out.detach().numpy())
+    correction_kernel(r.detach().numpy(), w_t, np.float32(scale), out.detach().numpy())
     return out

@@ -59,7 +59,7 @@ class OnlineState:
         self.call_impl: str | None = None  # the scan implementation, resolved once per call
         self.call_fast = False             # the call takes the compiled decode path (set by the pre-hook)
         self.call_valid_np = None          # call_valid as a numpy array, for that path
-        self.call_id = 0                   # bumped by every call: per-call caches in the layers key on it
+        self.call_id = 0                   # bumped by every begin_call: per-call caches in the layers key on it
 
     # ---------------------------------------------------------------- state tensors
     def _shape(self, batch: int) -> tuple[int, ...]:
@@ -182,7 +182,6 @@ class OnlineState:
         self.call_impl = None
         self.call_fast = False
         self.call_valid_np = None
-        self.call_id += 1
 
     def validity(self, batch: int, length: int) -> torch.Tensor | None:
         """``[B, T]`` bool for the current call, or None when every token is valid."""

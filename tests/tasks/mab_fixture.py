@@ -15,6 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "memoryagentbench_sources"
+# ReDial entity ids of the movies the fixture's recommendation rows mention (as in ReDial's entity2id.json)
+ENTITY2ID = {"<http://dbpedia.org/resource/Jaws_(film)>": 906, "<http://dbpedia.org/resource/Alien_(film)>": 13950,
+             "<http://dbpedia.org/resource/Titanic_(1997_film)>": 7594,
+             "<http://dbpedia.org/resource/Up_(2009_film)>": 14742, "<http://dbpedia.org/resource/The_Matrix>": 14398}
 
 TURN = pa.struct([("content", pa.string()), ("has_answer", pa.bool_()), ("role", pa.string())])
 METADATA = pa.struct([

@@ -15,7 +15,7 @@ from tasks.memoryagentbench.scoring import (MovieCatalog, lenient_correct, lenie
                                             parse_output, recommendation_items)
 from tasks.memoryagentbench.sources import settings_for
 from tasks.memoryagentbench.task import CLIP_MARKER, MemoryAgentBenchTask, clip_head_tail, split_lossless
-from tests.tasks.mab_fixture import SCHEMA, SPLITS, rows_by_split, write_fixture
+from tests.tasks.mab_fixture import ENTITY2ID, SCHEMA, SPLITS, rows_by_split, write_fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,11 +28,7 @@ def mab_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def entity2id(tmp_path_factory):
     path = tmp_path_factory.mktemp("redial") / "entity2id.json"
-    path.write_text(json.dumps({"<http://dbpedia.org/resource/Jaws_(film)>": 906,
-                                "<http://dbpedia.org/resource/Alien_(film)>": 13950,
-                                "<http://dbpedia.org/resource/Titanic_(1997_film)>": 7594,
-                                "<http://dbpedia.org/resource/Up_(2009_film)>": 14742,
-                                "<http://dbpedia.org/resource/The_Matrix>": 14398}))
+    path.write_text(json.dumps(ENTITY2ID))
     return path
 
 
