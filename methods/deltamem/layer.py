@@ -21,7 +21,7 @@ HEADS = ("q", "k", "v", "o")
 
 class _Runtime:
     __slots__ = ("state", "cached_input", "cached_reads", "groups", "packed", "numpy", "numpy_key", "numpy_call",
-                 "plan", "reads_np")
+                 "plan", "reads_np", "state_src", "state_np", "scratch", "reads_buf")
 
     def __init__(self) -> None:
         self.state: OnlineState | None = None
@@ -34,6 +34,12 @@ class _Runtime:
         self.numpy_call: int | None = None  # the model call whose weights were last checked
         self.plan: tuple | None = None      # decode fast path: weights and shapes bound for the current call
         self.reads_np: np.ndarray | None = None  # reads of the current call from fast_query, for fast_output
+        # decode steps: the state tensor last seen and its numpy view, a scratch state for read-only steps,
+        # and the (numpy, torch) reads buffer, all re-used from step to step
+        self.state_src: torch.Tensor | None = None
+        self.state_np: np.ndarray | None = None
+        self.scratch: np.ndarray | None = None
+        self.reads_buf: tuple[np.ndarray, torch.Tensor] | None = None
 
 
 def _version_key(params: tuple[nn.Parameter, ...]) -> tuple[int, ...]:
@@ -144,22 +150,47 @@ class DeltaMemLayer(nn.Module):
         if (b, t) != st.call_shape or (st._batch_size is not None and st._batch_size != b):
             return False  # the generic path raises the explanatory error
         w_in, bias, w_q, _, scale, heads, r = rt.plan
-        prev = st._states.get(self.layer_id)
+        # Every Python-level allocation or torch<->numpy conversion costs microseconds here (cold caches),
+        # so the state is updated in place whenever the fast path owns it, and the buffers are re-used.
+        lid = self.layer_id
+        prev = st._states.get(lid)
+        write = st.write_enabled
         if prev is None:
-            prev_np = np.zeros((b, heads, r, r), dtype=np.float32)
+            state_np = np.zeros((b, heads, r, r), dtype=np.float32)
+            src = None
+        elif prev is rt.state_src:
+            state_np = rt.state_np
+            src = prev
         elif prev.dtype is torch.float32 and prev.is_contiguous():
-            prev_np = prev.numpy().reshape(b, heads, r, r)
+            state_np = prev.detach().numpy().reshape(b, heads, r, r)
+            src = prev
         else:
             return False
-        new = np.empty((b, heads, r, r), dtype=np.float32)
-        reads = np.empty((b, t, heads * r), dtype=np.float32)
+        if not write:
+            if rt.scratch is None or rt.scratch.shape != state_np.shape:
+                rt.scratch = np.empty_like(state_np)
+            new = rt.scratch
+        elif src is not None and lid in st.exclusive:
+            new = state_np  # nobody else holds this tensor: the kernel updates it in place
+        else:  # copy-on-write: a tensor that was handed out (snapshot, generic path, caller) is never mutated
+            new = np.empty((b, heads, r, r), dtype=np.float32)
+        buf = rt.reads_buf
+        if buf is None or buf[0].shape != (b, t, heads * r):
+            arr = np.empty((b, t, heads * r), dtype=np.float32)
+            buf = rt.reads_buf = (arr, torch.from_numpy(arr))
+        reads = buf[0]
         valid = st.call_valid_np
-        fastpath.reads_q_kernel(h.numpy(), w_in, bias, prev_np, fastpath.ALL_VALID if valid is None else valid,
-                                valid is None, heads, st.write_enabled, reads, new, w_q, scale, out.numpy())
-        if st.write_enabled:
-            st.put(self.layer_id, torch.from_numpy(new if heads > 1 else new.reshape(b, r, r)))
+        fastpath.reads_q_kernel(h.numpy(), w_in, bias, state_np, fastpath.ALL_VALID if valid is None else valid,
+                                valid is None, heads, write, reads, new, w_q, scale, out.numpy())
+        if write and new is not state_np:
+            made = torch.from_numpy(new if heads > 1 else new.reshape(b, r, r))
+            st.put(lid, made)
+            st.exclusive.add(lid)
+            rt.state_src, rt.state_np = made, new
+        elif src is not None:
+            rt.state_src, rt.state_np = src, state_np
         rt.reads_np = reads
-        rt.cached_reads = torch.from_numpy(reads)  # k/v correction heads, when active, take the generic path
+        rt.cached_reads = buf[1]  # k/v correction heads, when active, take the generic path
         rt.cached_input = h
         return True
 

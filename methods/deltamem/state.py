@@ -50,6 +50,9 @@ class OnlineState:
         self.layer_ids = layer_ids
         self.write_enabled = True
         self._states: dict[int, torch.Tensor] = {}
+        # Layers whose state tensor nobody but the decode fast path has seen since it created it: only
+        # those may be updated in place (every accessor below that hands a tensor out drops the layer).
+        self.exclusive: set[int] = set()
         self._batch_size: int | None = None
         self._pending_segment_ids: torch.Tensor | None = None
         # set for the duration of one model call by the forward hooks
@@ -79,18 +82,22 @@ class OnlineState:
         s = self._states.get(layer)
         if s is None:
             s = torch.zeros(self._shape(batch), dtype=torch.float32, device=device)
+        self.exclusive.discard(layer)
         return s
 
     def put(self, layer: int, state: torch.Tensor) -> None:
         self._states[layer] = state
         self._batch_size = state.shape[0]
+        self.exclusive.discard(layer)
 
     def layer_state(self, layer: int) -> torch.Tensor | None:
+        self.exclusive.discard(layer)
         return self._states.get(layer)
 
     def reset(self) -> None:
         """Forget everything written (and pending segment ids); write flag unchanged."""
         self._states = {}
+        self.exclusive = set()
         self._batch_size = None
         self._pending_segment_ids = None
 
@@ -102,6 +109,7 @@ class OnlineState:
     def restore(self, snapshot: Snapshot) -> None:
         """Make the states equal to ``snapshot`` (copies, so the snapshot can be restored again)."""
         self._states = {i: s.detach().clone() for i, s in snapshot.layers.items()}
+        self.exclusive = set()
         self._batch_size = snapshot.batch_size or None
         self._pending_segment_ids = None
 
@@ -116,6 +124,7 @@ class OnlineState:
         if self._batch_size is None:
             return
         self._states = {i: s[rows] for i, s in self._states.items()}
+        self.exclusive = set()
         self._batch_size = int(rows.numel())
 
     @property
@@ -161,8 +170,14 @@ class OnlineState:
             if attention_mask.shape[0] != batch or attention_mask.shape[1] < length:
                 raise ValueError(f"attention mask {tuple(attention_mask.shape)} does not cover a call of "
                                  f"batch {batch} and {length} new tokens")
-            valid = attention_mask[:, attention_mask.shape[1] - length:] != 0
-            self.call_valid = None if bool(valid.all()) else valid
+            tail = attention_mask[:, attention_mask.shape[1] - length:]
+            if tail.device.type == "cpu" and not tail.requires_grad:
+                # numpy's ops on a one-token decode mask cost a fraction of torch's dispatch
+                valid_np = tail.numpy() != 0
+                self.call_valid = None if valid_np.all() else torch.from_numpy(valid_np)
+            else:
+                valid = tail != 0
+                self.call_valid = None if bool(valid.all()) else valid
         else:
             self.call_valid = None
         cv = self.call_valid

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import DynamicCache
 
 from methods.deltamem import DeltaMemConfig, UnsupportedArchitecture, attach
@@ -421,6 +422,104 @@ def test_fast_paths_match_naive_loop(fresh, variant, monkeypatch):
     out = fresh(x[:, :30], attention_mask=mask[:, :30]).logits.detach()
     assert max_diff(out[valid[:, :30]], slow[:, :30][valid[:, :30]]) <= TOL
 
+
+
+def test_decode_path_sees_weight_changes_and_base_hooks(fresh, monkeypatch):
+    """The decode path binds weights once per call and skips re-binding while no parameter changed; an
+    in-place edit, a ``.data`` swap between two decode steps, and a hook on a wrapped base projection must
+    all still be seen (compared with the torch loop, which reads the parameters directly)."""
+    dm = attach(fresh, DeltaMemConfig.msw(output_init="random"))
+    x = ids(1, 16)
+    lay = fresh.model.layers[1].self_attn.deltamem
+    base_q = fresh.model.layers[0].self_attn.q_proj.base_layer
+
+    def session():
+        dm.reset()
+        cache = DynamicCache()
+        with torch.no_grad():
+            lay.delta_o_proj.copy_(original_o)
+            lay.memory_k_proj.data = original_k.clone()
+            outs = [fresh(x[:, :10], past_key_values=cache).logits]
+            outs.append(fresh(x[:, 10:11], past_key_values=cache).logits)
+            lay.delta_o_proj.mul_(3.0)  # in place: bumps the version
+            outs.append(fresh(x[:, 11:12], past_key_values=cache).logits)
+            lay.memory_k_proj.data = lay.memory_k_proj.data.flip(0).clone()  # new storage, version unchanged
+            outs.append(fresh(x[:, 12:13], past_key_values=cache).logits)
+            hook = base_q.register_forward_hook(lambda mod, args, out: hooked.append(1) or out * 1.5)
+            outs.append(fresh(x[:, 13:14], past_key_values=cache).logits)
+            hook.remove()
+            outs.append(fresh(x[:, 14:16], past_key_values=cache).logits)
+        return torch.cat(outs, 1)
+
+    original_o, original_k = lay.delta_o_proj.detach().clone(), lay.memory_k_proj.detach().clone()
+    hooked: list[int] = []
+    fast = session()
+    assert len(hooked) == 1  # the hooked base projection ran through its module call
+    monkeypatch.setenv("DELTAMEM_SCAN_IMPL", "naive")
+    slow = session()
+    assert max_diff(fast, slow) <= TOL
+    # and each change mattered, so the comparison above can fail
+    monkeypatch.delenv("DELTAMEM_SCAN_IMPL")
+    dm.reset()
+    with torch.no_grad():
+        lay.delta_o_proj.copy_(original_o)
+        lay.memory_k_proj.data = original_k.clone()
+        unchanged = fresh(x[:, :16]).logits
+    assert max_diff(unchanged[:, 11:], fast[:, 11:]) > 1e-3
+
+
+
+def test_base_projection_replaced_after_attach(fresh):
+    """A base projection swapped for another module after attach (a profiler, a quantised layer) is called
+    as a module, not assumed to be an nn.Linear."""
+    dm = attach(fresh, DeltaMemConfig.tsw(output_init="random"))
+    x = ids(1, 6)
+    want = logits(fresh, x)
+    dm.reset()
+    q = fresh.model.layers[0].self_attn.q_proj
+    q.base_layer = nn.Sequential(q.base_layer)
+    assert max_diff(logits(fresh, x), want) == 0.0
+
+@pytest.mark.parametrize("variant", ["tsw", "msw"])
+def test_decode_updates_in_place_only_what_nobody_holds(fresh, variant, monkeypatch):
+    """Decode steps update the state tensor in place once they own it; a tensor handed out before
+    (``layer_state``, a snapshot, the generic path's input) keeps its values, and the results equal the
+    torch loop's, including across restore and a read-only phase."""
+    dm = attach(fresh, getattr(DeltaMemConfig, variant)(output_init="random"))
+    x = ids(1, 24)
+
+    def session():
+        dm.reset()
+        cache = DynamicCache()
+        held, outs = [], []
+        with torch.no_grad():
+            outs.append(fresh(x[:, :8], past_key_values=cache).logits)
+            for t in range(8, 14):
+                outs.append(fresh(x[:, t:t + 1], past_key_values=cache).logits)
+                if t in (9, 12):
+                    ref = dm.state.layer_state(0)
+                    held.append((ref, ref.clone()))
+            snap = dm.snapshot()
+            outs.append(fresh(x[:, 14:15], past_key_values=cache).logits)
+            dm.restore(snap)
+            kept = dm.state.layer_state(1).clone()
+            with dm.writes(False):
+                for t in range(15, 18):
+                    outs.append(fresh(x[:, t:t + 1], past_key_values=cache).logits)
+            assert torch.equal(dm.state.layer_state(1), kept)  # writes off: not one bit changed
+            for t in range(18, 24):
+                outs.append(fresh(x[:, t:t + 1], past_key_values=cache).logits)
+        for ref, values in held:
+            assert torch.equal(ref, values)
+        return torch.cat(outs, 1), states(dm), snap
+
+    fast, s_fast, snap = session()
+    before = {i: s.clone() for i, s in snap.layers.items()}
+    monkeypatch.setenv("DELTAMEM_SCAN_IMPL", "naive")
+    slow, s_slow, _ = session()
+    assert max_diff(fast, slow) <= TOL
+    assert all(max_diff(s_fast[i], s_slow[i]) <= TOL for i in s_fast)
+    assert all(torch.equal(snap.layers[i], before[i]) for i in before)
 
 def test_bf16_model():
     """bf16 backbone: δ-mem parameters follow the model dtype, the state stays fp32."""
