@@ -6,8 +6,7 @@ itself (≈ 5 % of a SmolLM2-135M decode step). Here the whole step is two compi
 of the torch tensors: reads + write + q correction (``reads_q_kernel``, driven by
 ``DeltaMemLayer.fast_query``), then the o correction. Used only when it is exactly equivalent and cheaper: fp32 CPU tensors, no
 autograd, token-level writes or writes off, and at most :data:`MAX_TOKENS` tokens in the call (larger
-calls project through torch's BLAS, which wins for long prompts). The corrections use the compiled in-place
-update at every length (one pass over the projection output).
+calls project through torch's BLAS, which wins for long prompts; their corrections are one in-place addmm).
 """
 from __future__ import annotations
 
@@ -117,12 +116,6 @@ def eligible(hidden: torch.Tensor) -> bool:
             and not hidden.requires_grad)
 
 
-def correction_eligible(out: torch.Tensor, reads: torch.Tensor) -> bool:
-    return (numba_available() and out.device.type == "cpu" and out.dtype == torch.float32
-            and reads.dtype == torch.float32 and reads.device.type == "cpu" and out.dim() == 3
-            and out.is_contiguous())
-
-
 def reads(hidden: torch.Tensor, w_in_t: np.ndarray, bias: np.ndarray, *, state: torch.Tensor,
           valid: torch.Tensor | None, heads: int, write: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Reads ``[B, T, R]`` and the new state ``[B, H, r, r]`` (fresh tensors, fp32)."""
@@ -138,10 +131,3 @@ def reads(hidden: torch.Tensor, w_in_t: np.ndarray, bias: np.ndarray, *, state: 
     _reads_kernel(h.numpy(), w_in_t, bias, st.numpy(), vmask, valid is None, heads, write, out_reads, new_state)
     return torch.from_numpy(out_reads), torch.from_numpy(new_state)
 
-
-def add_correction(out: torch.Tensor, read: torch.Tensor, w_t: np.ndarray, scale: float) -> torch.Tensor:
-    """``out += scale · reads @ w_t`` in place (``out`` is a fresh projection output nobody else holds,
-    contiguous fp32: see :func:`correction_eligible`)."""
-    r = read if read.is_contiguous() else read.contiguous()
-    correction_kernel(r.detach().numpy(), w_t, np.float32(scale), out.detach().numpy())
-    return out

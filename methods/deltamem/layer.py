@@ -308,11 +308,13 @@ class DeltaMemLayer(nn.Module):
     def correction(self, head: str, out: torch.Tensor, reads: torch.Tensor) -> torch.Tensor:
         """``out + (α/r) · W_Δhead · reads`` (one fused addmm)."""
         w = self._rt.groups[head][0]
-        # In place and in one pass over the output: BLAS with an inner dimension of 8 plus addmm's copy of
-        # ``out`` costs more than the base projection itself on long prompts.
-        if (fastpath.correction_eligible(out, reads)
-                and not (torch.is_grad_enabled() and (w.requires_grad or out.requires_grad or reads.requires_grad))):
-            return fastpath.add_correction(out, reads, self._numpy_weight(head), self.config.scale)
-        flat = torch.addmm(out.reshape(-1, out.shape[-1]), reads.reshape(-1, reads.shape[-1]), w.t(),
-                           alpha=self.config.scale)
+        flat_reads = reads.reshape(-1, reads.shape[-1])
+        if not (torch.is_grad_enabled() and (w.requires_grad or out.requires_grad or reads.requires_grad)) \
+                and out.is_contiguous() and out.dtype == reads.dtype == w.dtype:
+            # ``out`` is the fresh projection output: adding in place spares addmm's copy of it, which on
+            # long prompts costs more than the rank-r product (measured 2,048 tokens, R = 32, 2 threads:
+            # 0.44 ms in place vs 2.4 ms for the compiled loop that did this before)
+            out.view(-1, out.shape[-1]).addmm_(flat_reads, w.t(), alpha=self.config.scale)
+            return out
+        flat = torch.addmm(out.reshape(-1, out.shape[-1]), flat_reads, w.t(), alpha=self.config.scale)
         return flat.view(out.shape)
