@@ -63,13 +63,15 @@ def _cell_from(header: dict[str, Any], n_done: int) -> Cell:
     return Cell(f"running ({n_done}/{header.get('n_samples_expected', '?')})", header=header)
 
 
-def collect(results_dir: Path) -> dict[tuple[str, str, str], Cell]:
-    """Best record per (backbone, method, task): complete full runs first, then complete
-    subsets (largest first), then whatever else exists."""
-    best: dict[tuple[str, str, str], tuple[tuple, Cell]] = {}
+def collect(results_dir: Path) -> dict[tuple[str, str, str, str], Cell]:
+    """Best record per (backbone, method, protocol, task): complete full runs first, then complete
+    subsets (largest first), then whatever else exists. The protocol is part of the key because one
+    method can run under both (δ-mem with the context in the prompt, or with the history removed),
+    and those are different rows of a comparison, never alternatives for one cell."""
+    best: dict[tuple[str, str, str, str], tuple[tuple, Cell]] = {}
     for rec in iter_records(results_dir):
         h = rec.header() or {}
-        key = (h.get("backbone"), h.get("method"), h.get("task"))
+        key = (h.get("backbone"), h.get("method"), h.get("protocol") or "", h.get("task"))
         if None in key:
             continue
         cell = _cell_from(h, len(rec.samples()) if h.get("status") != "complete" else 0)
@@ -84,27 +86,50 @@ def config_choices(group: str) -> list[str]:
     return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
 
 
-def main_rows(cells: dict[tuple[str, str, str], Cell], tasks: list[str]) -> dict[str, list[dict[str, Any]]]:
+def main_rows(cells: dict[tuple[str, str, str, str], Cell], tasks: list[str]) -> dict[str, list[dict[str, Any]]]:
     by_backbone: dict[str, list[dict[str, Any]]] = {}
     for backbone in sorted({k[0] for k in cells}):
-        methods = sorted({k[1] for k in cells if k[0] == backbone}, key=lambda m: (m != BASELINE, m))
+        row_keys = sorted({(k[1], k[2]) for k in cells if k[0] == backbone}, key=lambda mp: (mp[0] != BASELINE, mp))
+        # the baseline is the frozen backbone with the context in the prompt
+        baseline_protocol = next((p for m, p in row_keys if m == BASELINE and p == "context"),
+                                 next((p for m, p in row_keys if m == BASELINE), "context"))
         rows = []
-        for m in methods:
-            row_cells = {t: cells.get((backbone, m, t), Cell("not run")) for t in tasks}
+        for m, protocol in row_keys:
+            row_cells = {t: cells.get((backbone, m, protocol, t), Cell("not run")) for t in tasks}
             done = {t: c for t, c in row_cells.items() if c.status == "complete"}
-            protocol = next((c.header.get("protocol") for c in row_cells.values() if c.header), None)
-            base = {t: cells.get((backbone, BASELINE, t)) for t in done}
-            shared = [t for t in done if base[t] is not None and base[t].status == "complete" and base[t].value]
+            base = {t: cells.get((backbone, BASELINE, baseline_protocol, t)) for t in done}
+            pairs = {t: _same_questions(done[t], base[t]) for t in done
+                     if base[t] is not None and base[t].status == "complete"}
+            shared = [t for t, pair in pairs.items() if pair is not None and pair[1]]
             mean = sum(c.value for c in done.values()) / len(done) if done else None
             ratio = None
             if shared:
-                ours = sum(done[t].value for t in shared) / len(shared)
-                theirs = sum(base[t].value for t in shared) / len(shared)
+                ours = sum(pairs[t][0] for t in shared) / len(shared)
+                theirs = sum(pairs[t][1] for t in shared) / len(shared)
                 ratio = ours / theirs if theirs else None
             rows.append({"method": m, "protocol": protocol or "", "cells": row_cells, "mean": mean,
                          "n_tasks": len(done), "ratio": ratio, "ratio_tasks": shared})
         by_backbone[backbone] = rows
     return by_backbone
+
+
+def _same_questions(cell: Cell, base: Cell) -> tuple[float, float] | None:
+    """(row score, baseline score) on the questions both records answered.
+
+    A subset run (``task.limit``) divided by the baseline's full-task score would mix question sets,
+    so then both sides are re-averaged over the shared samples' primary metric. None when the records
+    share no sample or a shared sample lacks the metric."""
+    if cell.record is None or base.record is None:
+        return cell.value, base.value
+    ours, theirs = cell.record.samples(), base.record.samples()
+    if set(ours) == set(theirs):
+        return cell.value, base.value
+    metric = cell.header.get("primary_metric")
+    shared = [i for i in set(ours) & set(theirs) if metric in ours[i].scores and metric in theirs[i].scores]
+    if not shared:
+        return None
+    return (sum(float(ours[i].scores[metric]) for i in shared) / len(shared),
+            sum(float(theirs[i].scores[metric]) for i in shared) / len(shared))
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -117,7 +142,8 @@ def write_main(by_backbone, tasks: list[str], out: Path) -> None:
     md = ["# Main comparison", "",
           "Primary metric per task ×100 (± standard error clustered by episode). `mean` averages the tasks a row has; "
           f"`× {BASELINE}` is that mean divided by the frozen backbone's mean on the same tasks. "
-          "† = run on a subset of the task (task.limit / episode_ids). Protocol `context`: the episode context is in the "
+          "† = run on a subset of the task (task.limit / episode_ids); a subset row's ratio compares it with the "
+          "baseline on the same questions. Protocol `context`: the episode context is in the "
           "prompt; `memory`: the prompt holds only the question and the context reaches the model only through the method.",
           ""]
     csv_rows = []
@@ -158,38 +184,63 @@ def _wall_text(cell: Cell) -> list[str]:
     return [f"{wall:.0f}", f"{timed}/{cell.n}", f"{wall / timed:.2f}"]
 
 
-def write_breakdowns(cells: dict[tuple[str, str, str], Cell], tasks: list[str], out: Path) -> None:
+# Beyond this many categories a methods-as-rows table is too wide to read (IFEval has 25 instruction types),
+# so the table turns: one row per category, one column per method.
+MAX_CATEGORY_COLUMNS = 8
+
+
+def _row_label(method: str, protocol: str, protocols_of: dict[str, set[str]]) -> str:
+    """The method's name, with its protocol when the method has rows under more than one."""
+    return f"{method} ({protocol})" if len(protocols_of.get(method, ())) > 1 else method
+
+
+def _protocols_of(cells: dict[tuple[str, str, str, str], Cell]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = defaultdict(set)
+    for _, m, p, _ in cells:
+        out[m].add(p)
+    return out
+
+
+def write_breakdowns(cells: dict[tuple[str, str, str, str], Cell], tasks: list[str], out: Path) -> None:
+    protocols_of = _protocols_of(cells)
     for task in tasks:
-        done = {(b, m): c for (b, m, t), c in cells.items() if t == task and c.status == "complete"}
+        done = {(b, _row_label(m, p, protocols_of)): c for (b, m, p, t), c in cells.items()
+                if t == task and c.status == "complete"}
         if not done:
             continue
         md = [f"# {task}: per-category breakdown", ""]
         csv_rows = []
         for backbone in sorted({b for b, _ in done}):
-            metric_names = sorted({name for (b, _), c in done.items() if b == backbone
-                                   for name in c.header.get("metrics", {}).get("overall", {})})
-            cats = sorted({cat for (b, _), c in done.items() if b == backbone
-                           for cat in c.header.get("metrics", {}).get("by_category", {})})
+            runs = sorted((m, c) for (b, m), c in done.items() if b == backbone)
+            metric_names = sorted({name for _, c in runs for name in c.header.get("metrics", {}).get("overall", {})})
             for metric in metric_names:
-                md += [f"## {backbone} — {metric} (×100, n in brackets)", ""]
-                table = []
-                for (b, m), c in sorted(done.items()):
-                    if b != backbone:
-                        continue
+                # only the categories that carry this metric (IFEval's prompt-level metrics have none)
+                cats = sorted({cat for _, c in runs
+                               for cat, row in c.header.get("metrics", {}).get("by_category", {}).items()
+                               if metric in row})
+                values: dict[str, dict[str, dict | None]] = {}
+                for m, c in runs:
                     by_cat = c.header["metrics"].get("by_category", {})
                     overall = c.header["metrics"]["overall"].get(metric, {})
-                    row = [m + (" †" if c.subset else "")]
-                    for cat in cats:
-                        v = by_cat.get(cat, {}).get(metric)
-                        row.append(f"{100 * v['mean']:.2f} ({v['n']})" if v else "–")
+                    values[m] = {cat: by_cat.get(cat, {}).get(metric) for cat in cats}
+                    values[m]["overall"] = overall or None
+                    for cat in [*cats, "overall"]:
+                        v = values[m][cat]
                         if v:
-                            csv_rows.append({"backbone": b, "method": m, "metric": metric, "category": cat,
-                                             "mean": v["mean"], "stderr": v["stderr"], "n": v["n"]})
-                    row.append(f"{100 * overall['mean']:.2f} ({overall['n']})" if overall else "–")
-                    csv_rows.append({"backbone": b, "method": m, "metric": metric, "category": "overall",
-                                     "mean": overall.get("mean"), "stderr": overall.get("stderr"), "n": overall.get("n")})
-                    table.append(row)
-                md += [_md_table(["method", *cats, "overall"], table), ""]
+                            csv_rows.append({"backbone": backbone, "method": m, "metric": metric, "category": cat,
+                                             "mean": v.get("mean"), "stderr": v.get("stderr"), "n": v.get("n")})
+
+                def cell(v: dict | None) -> str:
+                    return f"{100 * v['mean']:.2f} ({v['n']})" if v else "–"
+
+                labels = {m: m + (" †" if c.subset else "") for m, c in runs}
+                md += [f"## {backbone} — {metric} (×100, n in brackets)", ""]
+                if len(cats) > MAX_CATEGORY_COLUMNS:
+                    rows = [[cat, *(cell(values[m][cat]) for m, _ in runs)] for cat in [*cats, "overall"]]
+                    md += [_md_table(["category", *(labels[m] for m, _ in runs)], rows), ""]
+                else:
+                    rows = [[labels[m], *(cell(values[m][cat]) for cat in [*cats, "overall"])] for m, _ in runs]
+                    md += [_md_table(["method", *cats, "overall"], rows), ""]
         (out / f"{task}.md").write_text("\n".join(md) + "\n")
         with open(out / f"{task}.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["backbone", "method", "metric", "category", "mean", "stderr", "n"])
@@ -217,9 +268,10 @@ def cost_of(cell: Cell) -> dict[str, Any]:
             "memory_kb": None if not memory else _mean(memory) / 1024}
 
 
-def write_costs(cells: dict[tuple[str, str, str], Cell], out: Path) -> None:
-    done = sorted(((k, c) for k, c in cells.items() if c.status == "complete"), key=lambda kc: (kc[0][0], kc[0][2],
-                                                                                             kc[0][1] != BASELINE, kc[0][1]))
+def write_costs(cells: dict[tuple[str, str, str, str], Cell], out: Path) -> None:
+    protocols_of = _protocols_of(cells)
+    done = sorted(((k, c) for k, c in cells.items() if c.status == "complete"),
+                  key=lambda kc: (kc[0][0], kc[0][3], kc[0][1] != BASELINE, kc[0][1], kc[0][2]))
     md = ["# Prompt cost next to quality", "",
           "Means per question over each complete run's samples. `prompt` counts the backbone tokens of the whole "
           "prompt (a prefix reused across an episode's questions counted for every question), `context` the tokens "
@@ -229,18 +281,19 @@ def write_costs(cells: dict[tuple[str, str, str], Cell], out: Path) -> None:
           "of a method's own memory per sequence (δ-mem's states).", ""]
     rows, csv_rows = [], []
     fmt = lambda v, d=1: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
-    for (backbone, method, task), cell in done:
+    for (backbone, method, protocol, task), cell in done:
         c = cost_of(cell)
-        rows.append([backbone, task, method + (" †" if cell.subset else ""), cell.text(), fmt(c["prompt_tokens"]),
-                     fmt(c["context_tokens"]), fmt(c["new_tokens"]), fmt(c["retrieved"]), fmt(c["compression"], 2),
-                     fmt(c["memory_kb"])])
-        csv_rows.append({"backbone": backbone, "task": task, "method": method, "subset": cell.subset,
+        label = _row_label(method, protocol, protocols_of) + (" †" if cell.subset else "")
+        rows.append([backbone, task, label, cell.text(), fmt(c["prompt_tokens"]), fmt(c["context_tokens"]),
+                     fmt(c["new_tokens"]), fmt(c["retrieved"]), fmt(c["compression"], 2), fmt(c["memory_kb"])])
+        csv_rows.append({"backbone": backbone, "task": task, "method": method, "protocol": protocol,
+                         "subset": cell.subset,
                          "metric": cell.header.get("primary_metric", ""), "value": cell.value, **c})
     md += [_md_table(["backbone", "task", "method", "score ×100", "prompt", "context", "generated", "retrieved",
                       "compression", "memory KB"], rows), ""]
     (out / "costs.md").write_text("\n".join(md) + "\n")
     with open(out / "costs.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["backbone", "task", "method", "subset", "metric", "value", "n",
+        w = csv.DictWriter(f, fieldnames=["backbone", "task", "method", "protocol", "subset", "metric", "value", "n",
                                           "prompt_tokens", "context_tokens", "new_tokens", "retrieved", "compression",
                                           "memory_kb"])
         w.writeheader()
@@ -280,7 +333,7 @@ def write_plot(by_backbone, tasks: list[str], out: Path) -> None:
 
 def build_report(results_dir: Path, out: Path) -> dict[str, Any]:
     cells = collect(results_dir)
-    tasks = sorted(set(config_choices("task")) | {k[2] for k in cells})
+    tasks = sorted(set(config_choices("task")) | {k[3] for k in cells})
     out.mkdir(parents=True, exist_ok=True)
     by_backbone = main_rows(cells, tasks)
     write_main(by_backbone, tasks, out)

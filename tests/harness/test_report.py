@@ -66,3 +66,49 @@ def test_cost_table_means_over_the_samples(tmp_path):
     assert "| vanilla |" not in md  # only complete runs have a cost
     rows = {r["method"]: r for r in csv.DictReader(open(out / "costs.csv"))}
     assert set(rows) == {"bm25_rag", "llmlingua1_smol"} and float(rows["bm25_rag"]["retrieved"]) == 2.0
+
+
+def _samples(res, method, task, scores):
+    rec = RunRecord(res / task / method / "tiny" / f"seed-42-{method}{task}")
+    rec.append([SampleRecord(qid, "e" + qid[-1], "a", None, "x", "y", None, {"f1": v}, prompt_tokens=10, new_tokens=1,
+                             context_tokens=0, latency_s=0.1) for qid, v in scores.items()])
+
+
+def test_one_method_under_two_protocols_gives_two_rows(tmp_path):
+    res, out = tmp_path / "results", tmp_path / "reports"
+    write(res, "vanilla", "locomo", "complete", 0.20)
+    write(res, "deltamem_msw", "locomo", "complete", 0.10, protocol="memory")
+    rec = RunRecord(res / "locomo" / "deltamem_msw" / "tiny" / "seed-42-ctx")
+    rec.write_header({"status": "complete", "task": "locomo", "method": "deltamem_msw", "backbone": "tiny",
+                      "protocol": "context", "primary_metric": "f1", "config": {"task": {}},
+                      "metrics": {"overall": {"f1": {"mean": 0.30, "stderr": 0.01, "n": 10}}, "by_category": {}}})
+    build_report(res, out)
+    md = (out / "main.md").read_text()
+    assert "| deltamem_msw | context | " in md and "| deltamem_msw | memory | " in md
+    ctx = next(l for l in md.splitlines() if l.startswith("| deltamem_msw | context"))
+    assert "30.00" in ctx and ctx.rstrip(" |").endswith("1.50×")
+    costs = (out / "costs.md").read_text()
+    assert "deltamem_msw (context)" in costs and "deltamem_msw (memory)" in costs
+
+
+def test_subset_ratio_uses_the_baselines_score_on_the_same_questions(tmp_path):
+    res, out = tmp_path / "results", tmp_path / "reports"
+    write(res, "vanilla", "locomo", "complete", 0.25)
+    _samples(res, "vanilla", "locomo", {"q1": 0.1, "q2": 0.1, "q3": 0.4, "q4": 0.4})  # mean 0.25
+    write(res, "bm25_rag", "locomo", "complete", 0.30, protocol="memory", limit=2)
+    _samples(res, "bm25_rag", "locomo", {"q1": 0.3, "q2": 0.3})
+    build_report(res, out)
+    row = next(l for l in (out / "main.md").read_text().splitlines() if l.startswith("| bm25_rag"))
+    # 0.30 against vanilla's 0.10 on q1, q2 (not its 0.25 over all four)
+    assert "30.00 ± 1.00 †" in row and row.rstrip(" |").endswith("3.00×")
+
+
+def test_many_categories_turn_the_breakdown_table(tmp_path):
+    res, out = tmp_path / "results", tmp_path / "reports"
+    cats = {f"type{i:02d}": {"f1": {"mean": i / 100, "stderr": 0.0, "n": 3}} for i in range(12)}
+    write(res, "vanilla", "ifeval", "complete", 0.2, cats=cats)
+    write(res, "vanilla", "locomo", "complete", 0.2)
+    build_report(res, out)
+    md = (out / "ifeval.md").read_text()
+    assert "| category | vanilla |" in md and "| type11 | 11.00 (3) |" in md and "| overall | 20.00 (10) |" in md
+    assert "| method | a | overall |" in (out / "locomo.md").read_text()  # few categories: methods as rows
