@@ -74,8 +74,10 @@ def format_comparison(r: dict[str, Any]) -> str:
     lines = [f"{r['task']}, {r['metric']} ×100 on the {r['n']} samples both records hold ({r['episodes']} episodes)",
              f"  A {a['method']} ({a['protocol']}, {a['status']}, {a['n_samples']} samples): {100 * a['mean']:.2f}",
              f"  B {b['method']} ({b['protocol']}, {b['status']}, {b['n_samples']} samples): {100 * b['mean']:.2f}",
-             f"  A − B: {100 * d['mean']:+.2f} ± {100 * d['stderr']:.2f} (SE clustered by episode), "
-             f"95% episode-bootstrap interval [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]; "
+             f"  A − B: {100 * d['mean']:+.2f} ± {100 * d['stderr']:.2f} "
+             f"(SE {'clustered by episode' if r['episodes'] > 1 else 'over samples'}), "
+             f"95% {'episode' if r['episodes'] > 1 else 'sample'}-bootstrap interval "
+             f"[{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]; "
              f"A better on {d['a_better']}, B on {d['b_better']}, tied on {d['ties']}",
              "  by category (n, A, B, A − B):"]
     for c, v in r["by_category"].items():

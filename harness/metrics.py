@@ -36,10 +36,16 @@ def clustered_stderr(values: Sequence[float], clusters: Sequence[str]) -> float:
 
 def bootstrap_ci(values: Sequence[float], clusters: Sequence[str], *, iters: int = 2000, seed: int = 0,
                  alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile interval of the mean, resampling whole clusters."""
+    """Percentile interval of the mean, resampling whole clusters.
+
+    With a single cluster (IFEval and GPQA are one episode of independent questions) resampling it
+    would return the point estimate as the interval, so the samples are resampled instead, as
+    :func:`clustered_stderr` falls back to the i.i.d. error."""
     groups: dict[str, list[float]] = defaultdict(list)
     for x, c in zip(values, clusters):
         groups[c].append(x)
+    if len(groups) < 2:
+        groups = {str(i): [x] for i, x in enumerate(values)}
     keys = sorted(groups)
     rng = random.Random(seed)
     stats = []

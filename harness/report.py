@@ -63,6 +63,24 @@ def _cell_from(header: dict[str, Any], n_done: int) -> Cell:
     return Cell(f"running ({n_done}/{header.get('n_samples_expected', '?')})", header=header)
 
 
+def method_label(header: dict[str, Any]) -> str | None:
+    """The method's name, qualified when it ran with other weights than its default.
+
+    A method with an ``adapter`` setting (δ-mem) is a different row when that adapter is absent
+    (``untrained``) or is not the one shipped for the backbone (the adapter folder's name): an
+    untrained memory must never stand in for the trained one in a cell."""
+    method = header.get("method")
+    method_cfg = header.get("config", {}).get("method", {})
+    if method is None or "adapter" not in method_cfg:
+        return method
+    adapter = method_cfg.get("adapter")
+    if adapter is None:
+        return f"{method} (untrained)"
+    if str(adapter).rstrip("/") == f"adapters/{header.get('backbone')}/{method}":
+        return method
+    return f"{method} ({Path(str(adapter)).name})"
+
+
 def collect(results_dir: Path) -> dict[tuple[str, str, str, str], Cell]:
     """Best record per (backbone, method, protocol, task): complete full runs first, then complete
     subsets (largest first), then whatever else exists. The protocol is part of the key because one
@@ -71,7 +89,7 @@ def collect(results_dir: Path) -> dict[tuple[str, str, str, str], Cell]:
     best: dict[tuple[str, str, str, str], tuple[tuple, Cell]] = {}
     for rec in iter_records(results_dir):
         h = rec.header() or {}
-        key = (h.get("backbone"), h.get("method"), h.get("protocol") or "", h.get("task"))
+        key = (h.get("backbone"), method_label(h), h.get("protocol") or "", h.get("task"))
         if None in key:
             continue
         cell = _cell_from(h, len(rec.samples()) if h.get("status") != "complete" else 0)

@@ -36,3 +36,12 @@ def test_bootstrap_interval_contains_the_mean():
     cl = [str(i // 6) for i in range(60)]
     lo, hi = bootstrap_ci(vals, cl, iters=500)
     assert lo <= sum(vals) / 60 <= hi and lo < hi
+
+
+def test_single_cluster_bootstrap_resamples_the_samples():
+    # one episode of independent 0/1 answers (IFEval, GPQA): resampling the lone cluster would give [mean, mean]
+    vals = [1.0] * 30 + [0.0] * 70
+    lo, hi = bootstrap_ci(vals, ["ifeval"] * 100, iters=2000)
+    se = math.sqrt(0.3 * 0.7 / 100)  # 0.0458; the percentile interval is about mean ± 1.96 se
+    assert lo < 0.3 < hi
+    assert (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.2)

@@ -112,3 +112,22 @@ def test_many_categories_turn_the_breakdown_table(tmp_path):
     md = (out / "ifeval.md").read_text()
     assert "| category | vanilla |" in md and "| type11 | 11.00 (3) |" in md and "| overall | 20.00 (10) |" in md
     assert "| method | a | overall |" in (out / "locomo.md").read_text()  # few categories: methods as rows
+
+
+def test_an_untrained_or_foreign_adapter_is_its_own_row(tmp_path):
+    res, out = tmp_path / "results", tmp_path / "reports"
+    write(res, "vanilla", "locomo", "complete", 0.20)
+    for tag, adapter, value in [("shipped", "adapters/tiny/deltamem_msw", 0.30), ("none", None, 0.10),
+                                ("mine", "/runs/my_adapter", 0.25)]:
+        rec = RunRecord(res / "locomo" / "deltamem_msw" / "tiny" / f"seed-42-{tag}")
+        rec.write_header({"status": "complete", "task": "locomo", "method": "deltamem_msw", "backbone": "tiny",
+                          "protocol": "memory", "primary_metric": "f1",
+                          "config": {"task": {}, "method": {"adapter": adapter}}, "finished": tag,
+                          "metrics": {"overall": {"f1": {"mean": value, "stderr": 0.01, "n": 10}}, "by_category": {}}})
+    build_report(res, out)
+    md = (out / "main.md").read_text()
+    shipped = next(l for l in md.splitlines() if l.startswith("| deltamem_msw | memory |"))
+    assert "30.00 ± 1.00" in shipped  # the shipped adapter keeps the plain name
+    assert "| deltamem_msw (untrained) | memory |" in md and "| deltamem_msw (my_adapter) | memory |" in md
+    untrained = next(l for l in md.splitlines() if l.startswith("| deltamem_msw (untrained)"))
+    assert "10.00 ± 1.00" in untrained
