@@ -1,12 +1,15 @@
 """Evidence that a δ-mem adapter learned: its held-out episodes, trained vs untrained vs no context vs context.
 
     python -m benchmarks.deltamem_heldout ADAPTER_DIR [--limit 100] [--generate] [--no-untrained]
-        [--no-context] [--json out.json]
+        [--no-context] [--other-history] [--json out.json]
 
 ADAPTER_DIR is a ``python -m harness.train`` output: its ``train_config.yaml`` rebuilds exactly the held-out
 split of every training source (checked against the ids in ``training.json``) and names the backbone.
 Reports, per condition, the mean target-token cross-entropy (and greedy-answer token F1 with ``--generate``)
 with bootstrap 95% intervals over documents, and the paired gain of each δ-mem condition over ``nocontext``.
+``--other-history`` adds the control that writes another document's history into the same adapter: the gap
+to it (CE, and with ``--generate`` the share of answers holding the episode's key value) is what the memory
+recalls, as opposed to what the adapter learned about the answers' form.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--no-untrained", action="store_true")
     ap.add_argument("--no-context", action="store_true", help="skip the full-context condition")
+    ap.add_argument("--other-history", action="store_true",
+                    help="add the control that writes another document's history (recall vs answer form)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -55,19 +60,30 @@ def main() -> None:
     out = evaluate(backbone, episodes, adapters=adapters, write_length=int(cfg.train.write_length),
                    read_length=int(cfg.train.read_length),
                    conditions=("nocontext",) if args.no_context else ("nocontext", "context"),
-                   generate=args.generate, max_new_tokens=args.max_new_tokens)
+                   generate=args.generate, max_new_tokens=args.max_new_tokens, other_history=args.other_history)
     out["adapter"] = str(root)
     for name, row in out["conditions"].items():
-        f1 = f"  F1 {row['f1']:.3f} [{row['f1_ci95'][0]:.3f}, {row['f1_ci95'][1]:.3f}]" if "f1" in row else ""
-        print(f"{name:<18} CE {row['ce']:.3f} [{row['ce_ci95'][0]:.3f}, {row['ce_ci95'][1]:.3f}]{f1}")
+        extra = "".join(f"  {label} {row[m]:.3f} [{row[m + '_ci95'][0]:.3f}, {row[m + '_ci95'][1]:.3f}]"
+                        for m, label in (("f1", "F1"), ("evidence", "key value")) if m in row)
+        print(f"{name:<24} CE {row['ce']:.3f} [{row['ce_ci95'][0]:.3f}, {row['ce_ci95'][1]:.3f}]{extra}")
     for name, row in out["vs_nocontext"].items():
-        f1 = (f"  F1 gain {row['f1_gain']:+.3f} [{row['f1_gain_ci95'][0]:+.3f}, {row['f1_gain_ci95'][1]:+.3f}]"
-              if "f1_gain" in row else "")
-        print(f"{name:<18} vs nocontext: CE drop {row['ce_drop']:+.3f} [{row['ce_drop_ci95'][0]:+.3f}, "
-              f"{row['ce_drop_ci95'][1]:+.3f}]{f1}  {'BEATS' if row['beats_nocontext'] else 'does not beat'} nocontext")
+        verdict = "BEATS" if row["beats_nocontext"] else "does not beat"
+        print(f"{name:<24} vs nocontext: {_gains(row)}  {verdict} nocontext")
+    for name, row in out["vs_other_history"].items():
+        verdict = "RECALLS its own history" if row["recalls_own_history"] else "no recall of its own history shown"
+        print(f"{name:<24} vs another document's history: {_gains(row)}  {verdict}")
     print(f"({out['n_episodes']} held-out episodes from {out['n_groups']} documents: {out['sources']})")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+def _gains(row: dict) -> str:
+    parts = [f"CE drop {row['ce_drop']:+.3f} [{row['ce_drop_ci95'][0]:+.3f}, {row['ce_drop_ci95'][1]:+.3f}]"]
+    for m, label in (("f1", "F1"), ("evidence", "key value")):
+        if f"{m}_gain" in row:
+            lo, hi = row[f"{m}_gain_ci95"]
+            parts.append(f"{label} gain {row[m + '_gain']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    return "  ".join(parts)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,18 @@ Conditions, all on the same held-out episodes:
 * ``context``: the bare backbone with the whole history in the prompt (left-truncated to the window);
 * ``memory:<name>``: δ-mem with an adapter (trained, or ``untrained`` = a fresh seeded initialisation): the
   history is written into the state (left-truncated to the training write length), then system + question
-  are read with writes off — the training protocol.
+  are read with writes off — the training protocol;
+* ``memory:<name>:other`` (``other_history=True``): the same adapter, but the state holds the history of an
+  episode from *another* document. A gain over ``nocontext`` that survives this swap is the answer's format
+  or the adapter's prior, not recall; only the gap between ``memory:<name>`` and it is memory.
 
 Metrics per episode: the target-token cross-entropy (teacher forced, mean over the target's tokens) and,
-optionally, token F1 of a greedy answer against every reference (best match). Differences to
-``nocontext`` are paired per episode, with a bootstrap 95% interval that resamples whole documents.
+optionally, token F1 of a greedy answer against every reference (best match) and, where the episode names
+the value its answer hinges on (``metadata["evidence"]``, e.g. the synthetic dialogues' number, name or
+date), whether that value appears in the answer. Token F1 alone rewards a well-formed answer with the wrong
+value ("Your card number is 2345" against "... 135415"); the evidence hit does not. Differences to
+``nocontext`` and of each adapter to its other-history control are paired per episode, with a bootstrap 95%
+interval that resamples whole documents.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ class ConditionResult:
     name: str
     ce: list[float] = field(default_factory=list)
     f1: list[float] = field(default_factory=list)
+    evidence: list[float] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)
 
 
@@ -63,6 +71,29 @@ def _f1(prediction: str, references: Sequence[str]) -> float:
     return max((f1_lenient(prediction, r) for r in references), default=0.0)
 
 
+def evidence_hit(prediction: str, evidence: str) -> float:
+    """1.0 when the normalised ``evidence`` occurs in the normalised prediction as whole words."""
+    from tasks.qa_metrics import normalize_lenient
+
+    needle = normalize_lenient(evidence)
+    return float(bool(needle) and f" {needle} " in f" {normalize_lenient(prediction)} ")
+
+
+def other_history_donors(episodes: Sequence[Episode]) -> list[int]:
+    """For each episode, the index of an episode of another document whose history replaces its own.
+
+    Documents are ordered by a hash of their name and each one takes the first episode of the next (cyclic),
+    so the pairing is deterministic, independent of input order, and never pairs a document with itself."""
+    groups = sorted({f"{e.source}/{e.group}" for e in episodes}, key=lambda g: (stable_hash("donor", g), g))
+    if len(groups) < 2:
+        raise ValueError("the other-history control needs held-out episodes from at least two documents")
+    first = {}
+    for i, e in sorted(enumerate(episodes), key=lambda x: x[1].id):
+        first.setdefault(f"{e.source}/{e.group}", i)
+    nxt = {g: groups[(k + 1) % len(groups)] for k, g in enumerate(groups)}
+    return [first[nxt[f"{e.source}/{e.group}"]] for e in episodes]
+
+
 def select(episodes: Sequence[Episode], limit: int | None, seed: int = 0) -> list[Episode]:
     """A deterministic subset of ``limit`` episodes, proportional per source (hash order inside a source)."""
     if limit is None or limit >= len(episodes):
@@ -80,9 +111,11 @@ def select(episodes: Sequence[Episode], limit: int | None, seed: int = 0) -> lis
 @torch.no_grad()
 def evaluate(backbone, episodes: Sequence[Episode], *, adapters: dict[str, str | None], write_length: int,
              read_length: int = 512, conditions: Sequence[str] = ("nocontext", "context"), generate: bool = False,
-             max_new_tokens: int = 48, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+             max_new_tokens: int = 48, seed: int = 0, other_history: bool = False,
+             progress: bool = True) -> dict[str, Any]:
     """Run every condition on ``episodes``; ``adapters`` maps a name to an adapter dir (None: untrained,
-    built with the config of the first adapter that has a path)."""
+    built with the config of the first adapter that has a path). ``other_history`` adds, for every adapter
+    with a path, the control that writes another document's history."""
     from tqdm import tqdm
 
     from methods.deltamem import DeltaMemConfig, attach
@@ -94,9 +127,15 @@ def evaluate(backbone, episodes: Sequence[Episode], *, adapters: dict[str, str |
     model.eval()
     results: dict[str, ConditionResult] = {}
     base_config = next((read_config(p) for p in adapters.values() if p), DeltaMemConfig.tsw())
-    plan: list[tuple[str, str | None, bool]] = [(c, None, False) for c in conditions]
-    plan += [(f"memory:{name}", path, True) for name, path in adapters.items()]
-    for cond, path, memory in plan:
+    plan: list[tuple[str, str | None, bool, bool]] = [(c, None, False, False) for c in conditions]
+    for name, path in adapters.items():
+        plan.append((f"memory:{name}", path, True, False))
+        if other_history and path:
+            plan.append((f"memory:{name}:other", path, True, True))
+    donors = other_history_donors(episodes) if other_history else None
+    tokenized = [tokenize_episode(ep, renderer, write_length=write_length, read_length=read_length)
+                 for ep in episodes]
+    for cond, path, memory, swapped in plan:
         res = results[cond] = ConditionResult(cond)
         dm = None
         if memory:
@@ -109,8 +148,9 @@ def evaluate(backbone, episodes: Sequence[Episode], *, adapters: dict[str, str |
                     torch.manual_seed(seed)
                     dm = attach(model, base_config)
         try:
-            for ep in tqdm(episodes, desc=cond, disable=not progress, leave=False):
-                tok = tokenize_episode(ep, renderer, write_length=write_length, read_length=read_length)
+            for i, ep in enumerate(tqdm(episodes, desc=cond, disable=not progress, leave=False)):
+                tok = tokenized[i]
+                written = tokenized[donors[i]] if swapped else tok
                 if cond == "context":
                     msgs = list(ep.write) + list(ep.read[len(ep.system):])
                     ids, owner = renderer.encode(msgs)
@@ -125,9 +165,9 @@ def evaluate(backbone, episodes: Sequence[Episode], *, adapters: dict[str, str |
                 if dm is not None:
                     dm.reset()
                     if dm.config.write_granularity != "token":
-                        dm.set_segment_ids(torch.tensor([list(tok.write_message_ids)], device=device))
+                        dm.set_segment_ids(torch.tensor([list(written.write_message_ids)], device=device))
                     with dm.writes(True):
-                        model(input_ids=torch.tensor([list(tok.write_ids)], device=device), use_cache=False,
+                        model(input_ids=torch.tensor([list(written.write_ids)], device=device), use_cache=False,
                               logits_to_keep=1)
                     ctx = dm.writes(False)
                 with ctx:
@@ -137,35 +177,58 @@ def evaluate(backbone, episodes: Sequence[Episode], *, adapters: dict[str, str |
                                                          stop=stop)).strip()
                         res.answers.append(answer)
                         res.f1.append(_f1(answer, ep.metadata.get("references") or [ep.target]))
+                        if isinstance(ep.metadata.get("evidence"), str):
+                            res.evidence.append(evidence_hit(answer, ep.metadata["evidence"]))
         finally:
             if dm is not None:
                 dm.detach()
     return summarise(results, episodes)
 
 
+def _paired(better: ConditionResult, worse: ConditionResult, groups: Sequence[str]) -> dict[str, Any]:
+    """Per-episode differences ``better − worse`` (CE as a drop: positive = ``better`` has the lower CE)."""
+    drop = [w - b for b, w in zip(better.ce, worse.ce)]
+    row: dict[str, Any] = {"ce_drop": mean(drop), "ce_drop_ci95": list(bootstrap_ci(drop, groups))}
+    for metric in ("f1", "evidence"):
+        b, w = getattr(better, metric), getattr(worse, metric)
+        if b and w:
+            d = [x - y for x, y in zip(b, w)]
+            row.update({f"{metric}_gain": mean(d), f"{metric}_gain_ci95": list(bootstrap_ci(d, groups))})
+    return row
+
+
 def summarise(results: dict[str, ConditionResult], episodes: Sequence[Episode]) -> dict[str, Any]:
     groups = [f"{e.source}/{e.group}" for e in episodes]
     out: dict[str, Any] = {"n_episodes": len(episodes), "n_groups": len(set(groups)),
-                           "sources": dict(statistics_by_source(episodes)), "conditions": {}, "vs_nocontext": {}}
+                           "sources": dict(statistics_by_source(episodes)), "conditions": {}, "vs_nocontext": {},
+                           "vs_other_history": {}}
     for name, res in results.items():
         row: dict[str, Any] = {"ce": mean(res.ce), "ce_ci95": list(bootstrap_ci(res.ce, groups))}
         if res.f1:
             row.update(f1=mean(res.f1), f1_ci95=list(bootstrap_ci(res.f1, groups)))
+        if res.evidence:
+            row.update(evidence=mean(res.evidence), evidence_ci95=list(bootstrap_ci(res.evidence, groups)),
+                       n_evidence=len(res.evidence))
         out["conditions"][name] = row
     floor = results.get("nocontext")
     if floor is not None:
         for name, res in results.items():
             if name == "nocontext":
                 continue
-            gain = [b - a for a, b in zip(res.ce, floor.ce)]  # CE drop: positive = better than no context
-            row = {"ce_drop": mean(gain), "ce_drop_ci95": list(bootstrap_ci(gain, groups))}
-            if res.f1 and floor.f1:
-                d = [a - b for a, b in zip(res.f1, floor.f1)]
-                row.update(f1_gain=mean(d), f1_gain_ci95=list(bootstrap_ci(d, groups)))
+            row = _paired(res, floor, groups)
             row["beats_nocontext"] = row["ce_drop_ci95"][0] > 0 and ("f1_gain_ci95" not in row
                                                                      or row["f1_gain_ci95"][0] > 0)
             out["vs_nocontext"][name] = row
+    for name, res in results.items():
+        control = results.get(f"{name}:other")
+        if control is not None:
+            row = _paired(res, control, groups)
+            # Recall of *this* episode's history: better than the same adapter holding someone else's.
+            row["recalls_own_history"] = row["ce_drop_ci95"][0] > 0 and ("evidence_gain_ci95" not in row
+                                                                         or row["evidence_gain_ci95"][0] > 0)
+            out["vs_other_history"][name] = row
     out["examples"] = [{"id": e.id, "question": e.question, "target": e.target,
+                        "evidence": e.metadata.get("evidence"),
                         **{n: r.answers[i] for n, r in results.items() if r.answers}}
                        for i, e in enumerate(episodes[:5])]
     return out

@@ -51,8 +51,73 @@ def test_batched_answers_equal_one_by_one(backbone, protocol, variant):
 
 
 def test_memory_protocol_chunks_carry_the_state(backbone):
-    info, _, _ = run_method(backbone, 3, protocol="memory", chunk_tokens=16)
-    assert info["chunks"] > 1
+    """A history written in 16-token chunks: every chunk is a call, and the state after them is not what the
+    last chunk alone writes from zero (it was carried), nor, beyond the first layer, what one call over everything
+    writes (chunks do not attend to each other)."""
+    from methods.deltamem.api import write_tokens
+
+    info, _, snap = run_method(backbone, 3, protocol="memory", chunk_tokens=16)
+    n = info["tokens_written"]
+    assert info["chunks"] == -(-n // 16) > 1
+    ep = dialogue_episode(QUESTIONS)
+    ids, _ = chat_segments(backbone.tokenizer, ToyTask().history_messages(ep), granularity="token",
+                           chat_kwargs=backbone.chat_kwargs)
+    assert len(ids) == n
+    bb = copy.copy(backbone)
+    bb.model = copy.deepcopy(backbone.model)
+    m = DeltaMemMethod(name="deltamem_tsw", output_init="random")
+    m.setup(bb, ToyTask(generation={"max_new_tokens": 5}), seed=0)  # the same seeded initialisation
+    dm = m.dm
+    last = (n - 1) // 16 * 16
+    write_tokens(dm, ids[last:])
+    alone = dm.snapshot()
+    dm.reset()
+    write_tokens(dm, ids, chunk_tokens=16)
+    carried = dm.snapshot()
+    dm.reset()
+    write_tokens(dm, ids)
+    whole = dm.snapshot()
+    m.close()
+    first = min(snap.layers)
+    for i, s in snap.layers.items():
+        assert torch.allclose(carried.layers[i], s, atol=1e-6)
+        assert (s - alone.layers[i]).abs().max() > 1e-4
+        # the first layer's input is the token embedding, context-free: chunking cannot change what it writes
+        if i == first:
+            assert torch.allclose(whole.layers[i], s, atol=1e-6)
+        else:
+            assert (s - whole.layers[i]).abs().max() > 1e-4
+
+
+def test_memory_protocol_answers_do_not_write(backbone, monkeypatch):
+    """History removed: the questions are read with writes off, so the state the answers leave behind is the
+    ingested one, row for row (checked before the method restores its snapshot)."""
+    import methods.deltamem.method as method_module
+
+    after: list = []
+    real = method_module.answer_batch
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        after.append(method_module_dm[0].snapshot())
+        return out
+
+    method_module_dm: list = []
+    monkeypatch.setattr(method_module, "answer_batch", spy)
+    bb = copy.copy(backbone)
+    bb.model = copy.deepcopy(backbone.model)
+    m = DeltaMemMethod(name="deltamem_msw", num_state_heads=4, output_init="random", protocol="memory")
+    m.setup(bb, ToyTask(generation={"max_new_tokens": 4}), seed=0)
+    method_module_dm.append(m.dm)
+    ep = dialogue_episode(QUESTIONS)
+    m.ingest(ep)
+    ingested = m.dm.snapshot()
+    m.answer(ep, ep.queries)
+    m.close()
+    (state,) = after
+    assert state.batch_size == len(ep.queries)
+    for i, s in ingested.layers.items():
+        assert torch.equal(state.layers[i], s.expand_as(state.layers[i]))
 
 
 def test_chat_segments_and_api(backbone):

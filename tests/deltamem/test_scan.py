@@ -55,7 +55,8 @@ def test_numba_matches_oracle_fp32(n, length):
         assert (fast[key] - ref[key]).abs().max() <= FP32_TOL, key
 
 
-@pytest.mark.parametrize("length", [5, CHECKPOINT_EVERY + 3, 150], ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("length", [5, CHECKPOINT_EVERY, CHECKPOINT_EVERY + 3, 2 * CHECKPOINT_EVERY, 150],
+                         ids=lambda t: f"T{t}")
 def test_numba_matches_oracle_bf16(length):
     xs, valid = make_inputs(2, length, dtype=torch.bfloat16)
     ref, fast = run(scan_naive, xs, valid), run(scan_numba, xs, valid)
@@ -92,8 +93,9 @@ def test_chunked_any_chunk_size(chunk):
         scan_chunked(*xs[:4], state=xs[4], chunk=48)
 
 
-def test_chunked_matches_oracle_bf16():
-    xs, valid = make_inputs(2, CHUNK + 9, dtype=torch.bfloat16)
+@pytest.mark.parametrize("length", [CHUNK, CHUNK + 9, 2 * CHUNK], ids=lambda t: f"T{t}")
+def test_chunked_matches_oracle_bf16(length):
+    xs, valid = make_inputs(2, length, dtype=torch.bfloat16)
     ref, fast = run(scan_naive, xs, valid), run(scan_chunked, xs, valid)
     for key in ref:
         assert fast[key].dtype == torch.bfloat16

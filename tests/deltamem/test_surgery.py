@@ -34,18 +34,21 @@ def decode_token_by_token(model, x):
 
 
 # ----------------------------------------------------------------------------------- equivalences
+@pytest.mark.parametrize("variant", ["tsw", "msw"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_architecture_coverage_prefill_chunked_decode(family):
-    """Every family: wrappers installed, zero state = backbone at position 0, prefill = chunks = decode."""
+def test_architecture_coverage_prefill_chunked_decode(family, variant):
+    """Every family and both token-write variants: wrappers installed, zero state = backbone at position 0,
+    prefill = two chunks with a KV cache = token-by-token decode (logits and final states)."""
     model = tiny_decoder(family)
     x = ids(1, 24)
     bare = logits(model, x)
-    dm = attach(model, DeltaMemConfig.tsw(output_init="random"))
+    dm = attach(model, getattr(DeltaMemConfig, variant)(output_init="random"))
     attn = model.model.layers[0].self_attn
     assert isinstance(attn.q_proj, DeltaMemProjection) and isinstance(attn.o_proj, DeltaMemProjection)
     assert not isinstance(attn.k_proj, DeltaMemProjection)  # q,o heads only
     one = logits(model, x)
     s_one = states(dm)
+    assert s_one[0].shape == ((1, 8, 8) if variant == "tsw" else (1, 4, 8, 8))
     assert max_diff(one[:, 0], bare[:, 0]) == 0.0
     assert max_diff(one, bare) > 1e-3  # the memory really acts
     dm.reset()
@@ -311,14 +314,35 @@ def test_gradients_reach_every_trainable_parameter(fresh, variant):
     trainable = {n for n, p in fresh.named_parameters() if p.requires_grad}
     assert trainable == {f"{site}.deltamem.{n}" for site, lay in dm.layers.items() for n in lay.trainable_names()}
     write, read = ids(1, 20), ids(1, 8, seed=4)
-    if variant == "ssw":
-        dm.set_segment_ids(torch.tensor([[0] * 10 + [1] * 10]))
-    fresh(write, use_cache=False)  # write pass with autograd
-    with dm.writes(False):
-        loss = fresh(read, labels=read, use_cache=False).loss
-    loss.backward()
+
+    def backward():
+        dm.reset()
+        fresh.zero_grad(set_to_none=True)
+        if variant == "ssw":
+            dm.set_segment_ids(torch.tensor([[0] * 10 + [1] * 10]))
+        fresh(write, use_cache=False)  # write pass with autograd
+        with dm.writes(False):
+            fresh(read, labels=read, use_cache=False).loss.backward()
+
+    def head_grads(name, p):  # the gradient of each state head's slice (rows of W_m*, columns of W_Δ*)
+        dim = 0 if p.shape[0] == cfg.num_state_heads * cfg.rank else 1
+        return [float(part.abs().sum()) for part in p.grad.split(cfg.rank, dim=dim)]
+
+    backward()
     for name, p in dm.named_parameters(trainable_only=True):
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        grads = head_grads(name, p)
+        if name.rsplit(".", 1)[-1].startswith("delta_"):
+            assert all(g > 0 for g in grads), name
+        else:
+            # base_slice_fixed connects only state head 0 (deltamem.md §4): the projections of heads 1-3 get
+            # no gradient until their W_Δ columns have moved off zero
+            assert grads[0] > 0 and all(g == 0 for g in grads[1:]), (name, grads)
+    with torch.no_grad():
+        for _, p in dm.named_parameters(trainable_only=True):
+            p -= 0.1 * p.grad
+    backward()
+    for name, p in dm.named_parameters(trainable_only=True):
+        assert all(g > 0 for g in head_grads(name, p)), name  # after one step every head learns
     for name, p in fresh.named_parameters():
         if name not in trainable:
             assert p.grad is None, name

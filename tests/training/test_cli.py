@@ -74,8 +74,11 @@ def test_cli_refuses_benchmark_data_and_non_deltamem_methods(tmp_path):
 
 @pytest.mark.real_model
 @pytest.mark.slow
-def test_cli_trains_the_embedded_backbone_and_resumes(tmp_path, smollm2_backbone):
-    args = ["method=deltamem_ssw", "train_data=synthetic", "train_data.sources.synthetic.conversations=4",
+@pytest.mark.parametrize("method", ["deltamem_tsw", "deltamem_ssw"])
+def test_cli_trains_the_embedded_backbone_and_resumes(tmp_path, smollm2_backbone, method):
+    """The issue's command, ``python -m harness.train method=deltamem_tsw train_data=synthetic``, shrunk to two
+    steps, paused after one and resumed (SSW too: its trainer takes a shortcut of its own)."""
+    args = [f"method={method}", "train_data=synthetic", "train_data.sources.synthetic.conversations=4",
             "train.write_length=128", "train.read_length=64", "train.grad_accum=1", "train.max_steps=2",
             "run.progress=false", "run.threads=1", f"out_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'h'}"]
     first = _train(*args, "run.stop_after_steps=1", timeout=600)
@@ -84,7 +87,7 @@ def test_cli_trains_the_embedded_backbone_and_resumes(tmp_path, smollm2_backbone
     second = _train(*args, "resume=true", timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
     summary = json.loads((tmp_path / "out" / "training.json").read_text())
-    assert summary["status"] == "complete" and summary["steps"] == 2 and summary["variant"] == "ssw"
+    assert summary["status"] == "complete" and summary["steps"] == 2 and summary["variant"] == method[-3:]
     assert summary["backbone"] == "smollm2_135m"
     config = json.loads((tmp_path / "out" / "deltamem_config.json").read_text())
     assert config["extra"]["backbone"]["num_hidden_layers"] == 30

@@ -42,3 +42,55 @@ def test_heldout_conditions(tmp_path):
     assert first["conditions"]["nocontext"]["ce"] == pytest.approx(bare, rel=1e-5)
     assert not hasattr(bb.model, "_deltamem") or bb.model._deltamem is None  # adapters detached afterwards
     assert out["n_episodes"] == 3 and len(out["examples"]) == 3
+
+
+def test_evidence_hit_is_whole_word_and_normalised():
+    from harness.training.heldout import evidence_hit
+
+    assert evidence_hit("Your library card number is 135415.", "135415") == 1.0
+    assert evidence_hit("Your library card number is 2345.", "135415") == 0.0
+    assert evidence_hit("It used to be Mustard-Yellow!", "mustard yellow") == 1.0
+    assert evidence_hit("He is 140 years old", "14") == 0.0  # a substring of a number is not the number
+    assert evidence_hit("anything", "") == 0.0
+
+
+def test_other_history_donors_pair_distinct_documents_deterministically():
+    from harness.training.heldout import other_history_donors
+
+    data = build_training_data([SyntheticMemory(conversations=12, questions=2)], heldout_fraction=0.5,
+                               split_seed=3)
+    eps = data.heldout
+    donors = other_history_donors(eps)
+    assert all(eps[d].group != e.group for e, d in zip(eps, donors))
+    # the same episode gets the same donor whatever the input order
+    by_id = {e.id: eps[d].id for e, d in zip(eps, donors)}
+    rev = list(reversed(eps))
+    assert {e.id: rev[d].id for e, d in zip(rev, other_history_donors(rev))} == by_id
+    with pytest.raises(ValueError, match="two documents"):
+        other_history_donors([e for e in eps if e.group == eps[0].group])
+
+
+def test_other_history_control_writes_the_donor_history(tmp_path):
+    """The control equals the trained condition run on episodes whose write history was swapped by hand."""
+    import dataclasses
+
+    from harness.training.heldout import other_history_donors
+
+    bb = tiny()
+    run_training(train_cfg(tmp_path, "train.max_steps=2"), load=lambda _: bb)
+    bb.model._deltamem.detach()
+    data = build_training_data([SyntheticMemory(conversations=8, questions=2)], heldout_fraction=0.5, split_seed=42)
+    episodes = data.heldout[:4]
+    out = evaluate(bb, episodes, adapters={"trained": str(tmp_path)}, write_length=96, read_length=64,
+                   conditions=("nocontext",), other_history=True, generate=True, max_new_tokens=2, progress=False)
+    assert set(out["conditions"]) == {"nocontext", "memory:trained", "memory:trained:other"}
+    assert set(out["vs_other_history"]) == {"memory:trained"}
+    assert 0 <= out["conditions"]["memory:trained"]["evidence"] <= 1
+    donors = other_history_donors(episodes)
+    swapped = [dataclasses.replace(e, write=episodes[d].write) for e, d in zip(episodes, donors)]
+    by_hand = evaluate(bb, swapped, adapters={"trained": str(tmp_path)}, write_length=96, read_length=64,
+                       conditions=(), progress=False)
+    assert out["conditions"]["memory:trained:other"]["ce"] == pytest.approx(
+        by_hand["conditions"]["memory:trained"]["ce"], rel=1e-6)
+    assert out["conditions"]["memory:trained:other"]["ce"] != pytest.approx(
+        out["conditions"]["memory:trained"]["ce"], rel=1e-6)
