@@ -9,9 +9,12 @@ Writes to ``reports/``:
 * ``costs.md`` / ``costs.csv``: what each complete run put into the prompt, per question (prompt,
   context and generated tokens, retrieved pieces, achieved compression), next to its score.
 
-Only run records are read. A cell without a complete record says why: ``not run``,
-``failed``, ``running (k/n)`` or ``data unavailable``. Records on a subset of a task
-(``task.limit`` or ``episode_ids``) are marked with † and never mixed with full runs.
+Only run records are read, plus the task configs: a cell without a complete record says why
+(``not run``, ``failed``, ``running (k/n)``, or ``data unavailable`` when the task's data cannot
+be loaded here). Records on a subset of a task (``task.limit``, ``episode_ids``, or a data file
+that is itself a partial copy) are marked with † and never mixed with full runs. A method whose
+class declares itself a stand-in for another (``STAND_IN_FOR``) is footnoted as such wherever it
+appears.
 """
 from __future__ import annotations
 
@@ -48,7 +51,51 @@ class Cell:
 
 def _is_subset(header: dict[str, Any]) -> bool:
     task_cfg = header.get("config", {}).get("task", {})
-    return bool(task_cfg.get("limit") or task_cfg.get("episode_ids"))
+    return bool(task_cfg.get("limit") or task_cfg.get("episode_ids") or header.get("data", {}).get("subset"))
+
+
+def stand_in_for(header: dict[str, Any]) -> tuple[str, str] | None:
+    """(what the record's method stands in for, what it is instead), as its class declares
+    (``STAND_IN_FOR``, ``STAND_IN_AS``); only this repository's ``methods.*`` classes are imported."""
+    import importlib
+
+    target = str(header.get("config", {}).get("method", {}).get("_target_", ""))
+    module, _, name = target.rpartition(".")
+    if not module.startswith("methods."):
+        return None
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+    what = getattr(cls, "STAND_IN_FOR", None)
+    return (what, getattr(cls, "STAND_IN_AS", "")) if what else None
+
+
+def stand_in_notes(cells) -> list[str]:
+    """Markdown footnote lines, one per stand-in method among ``cells``."""
+    seen: dict[str, tuple[str, str]] = {}
+    for (_, method, _, _), cell in sorted(cells, key=lambda kc: kc[0][1]):
+        declared = stand_in_for(cell.header)
+        if declared and method not in seen:
+            seen[method] = declared
+    return [f"Stand-in: `{m}` is **not {what}**; it is {instead}." for m, (what, instead) in seen.items()]
+
+
+def task_data_problem(task: str) -> str | None:
+    """Why the task's data cannot be loaded with its default config here (None: it loads)."""
+    from omegaconf import OmegaConf
+
+    from harness.errors import DataError
+
+    path = ROOT / "conf" / "task" / f"{task}.yaml"
+    if not path.is_file():
+        return None
+    try:
+        build_task = __import__("harness.runner", fromlist=["build"]).build
+        build_task(OmegaConf.load(path), "task").load_episodes()
+    except DataError as exc:  # paths shown relative to the checkout's parent, not this machine's layout
+        return str(exc).replace(f"{ROOT.parent}/", "../")
+    return None
 
 
 def _cell_from(header: dict[str, Any], n_done: int) -> Cell:
@@ -104,7 +151,10 @@ def config_choices(group: str) -> list[str]:
     return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
 
 
-def main_rows(cells: dict[tuple[str, str, str, str], Cell], tasks: list[str]) -> dict[str, list[dict[str, Any]]]:
+def main_rows(cells: dict[tuple[str, str, str, str], Cell], tasks: list[str],
+              missing_data: dict[str, str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """``missing_data``: task -> why its data cannot be loaded; its empty cells say so instead of ``not run``."""
+    missing_data = missing_data or {}
     by_backbone: dict[str, list[dict[str, Any]]] = {}
     for backbone in sorted({k[0] for k in cells}):
         row_keys = sorted({(k[1], k[2]) for k in cells if k[0] == backbone}, key=lambda mp: (mp[0] != BASELINE, mp))
@@ -113,7 +163,8 @@ def main_rows(cells: dict[tuple[str, str, str, str], Cell], tasks: list[str]) ->
                                  next((p for m, p in row_keys if m == BASELINE), "context"))
         rows = []
         for m, protocol in row_keys:
-            row_cells = {t: cells.get((backbone, m, protocol, t), Cell("not run")) for t in tasks}
+            row_cells = {t: cells.get((backbone, m, protocol, t),
+                                      Cell("data unavailable" if t in missing_data else "not run")) for t in tasks}
             done = {t: c for t, c in row_cells.items() if c.status == "complete"}
             base = {t: cells.get((backbone, BASELINE, baseline_protocol, t)) for t in done}
             pairs = {t: _same_questions(done[t], base[t]) for t in done
@@ -156,11 +207,12 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_main(by_backbone, tasks: list[str], out: Path) -> None:
+def write_main(by_backbone, tasks: list[str], out: Path, notes: list[str] | None = None,
+               missing_data: dict[str, str] | None = None) -> None:
     md = ["# Main comparison", "",
           "Primary metric per task ×100 (± standard error clustered by episode). `mean` averages the tasks a row has; "
           f"`× {BASELINE}` is that mean divided by the frozen backbone's mean on the same tasks. "
-          "† = run on a subset of the task (task.limit / episode_ids); a subset row's ratio compares it with the "
+          "† = run on a subset of the task (task.limit / episode_ids, or a partial copy of its data); a subset row's ratio compares it with the "
           "baseline on the same questions. Protocol `context`: the episode context is in the "
           "prompt; `memory`: the prompt holds only the question and the context reaches the model only through the method.",
           ""]
@@ -178,6 +230,10 @@ def write_main(by_backbone, tasks: list[str], out: Path) -> None:
                                  "status": c.status, "value": c.value, "stderr": c.stderr, "n": c.n, "subset": c.subset,
                                  "metric": c.header.get("primary_metric", "")})
         md += [_md_table(["method", "protocol", *tasks, "mean", f"× {BASELINE}"], table), ""]
+        md += [f"Data unavailable: `{t}`: {why}" for t, why in sorted((missing_data or {}).items())
+               if any(r["cells"][t].status == "data unavailable" for r in rows)]
+        if missing_data:
+            md.append("")
         wall = [[r["method"], t, *_wall_text(r["cells"][t])]
                 for r in rows for t in tasks if r["cells"][t].status == "complete"]
         if wall:
@@ -185,6 +241,8 @@ def write_main(by_backbone, tasks: list[str], out: Path) -> None:
                    "their time; a session cut off before timings were kept in the header is not counted, "
                    "so `timed` says how many samples the figure covers):", "",
                    _md_table(["method", "task", "wall s", "timed samples", "s / timed sample"], wall), ""]
+    if notes:
+        md += [*notes, ""]
     (out / "main.md").write_text("\n".join(md) + "\n")
     with open(out / "main.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["backbone", "method", "protocol", "task", "metric", "status", "value", "stderr",
@@ -259,6 +317,7 @@ def write_breakdowns(cells: dict[tuple[str, str, str, str], Cell], tasks: list[s
                 else:
                     rows = [[labels[m], *(cell(values[m][cat]) for cat in [*cats, "overall"])] for m, _ in runs]
                     md += [_md_table(["method", *cats, "overall"], rows), ""]
+        md += [*stand_in_notes([(k, c) for k, c in cells.items() if k[3] == task and c.status == "complete"]), ""]
         (out / f"{task}.md").write_text("\n".join(md) + "\n")
         with open(out / f"{task}.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["backbone", "method", "metric", "category", "mean", "stderr", "n"])
@@ -309,6 +368,7 @@ def write_costs(cells: dict[tuple[str, str, str, str], Cell], out: Path) -> None
                          "metric": cell.header.get("primary_metric", ""), "value": cell.value, **c})
     md += [_md_table(["backbone", "task", "method", "score ×100", "prompt", "context", "generated", "retrieved",
                       "compression", "memory KB"], rows), ""]
+    md += [*stand_in_notes(done), ""]
     (out / "costs.md").write_text("\n".join(md) + "\n")
     with open(out / "costs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["backbone", "task", "method", "protocol", "subset", "metric", "value", "n",
@@ -353,8 +413,10 @@ def build_report(results_dir: Path, out: Path) -> dict[str, Any]:
     cells = collect(results_dir)
     tasks = sorted(set(config_choices("task")) | {k[3] for k in cells})
     out.mkdir(parents=True, exist_ok=True)
-    by_backbone = main_rows(cells, tasks)
-    write_main(by_backbone, tasks, out)
+    # only tasks without any record are probed: loading a task's data is the only way to know it is there
+    missing = {t: why for t in tasks if not any(k[3] == t for k in cells) and (why := task_data_problem(t))}
+    by_backbone = main_rows(cells, tasks, missing)
+    write_main(by_backbone, tasks, out, stand_in_notes(cells.items()), missing)
     write_breakdowns(cells, tasks, out)
     write_costs(cells, out)
     write_plot(by_backbone, tasks, out)

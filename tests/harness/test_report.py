@@ -131,3 +131,32 @@ def test_an_untrained_or_foreign_adapter_is_its_own_row(tmp_path):
     assert "| deltamem_msw (untrained) | memory |" in md and "| deltamem_msw (my_adapter) | memory |" in md
     untrained = next(l for l in md.splitlines() if l.startswith("| deltamem_msw (untrained)"))
     assert "10.00 ± 1.00" in untrained
+
+
+def test_partial_data_stand_ins_and_unavailable_data_are_said(tmp_path, monkeypatch):
+    from harness import report
+
+    res, out = tmp_path / "results", tmp_path / "reports"
+    write(res, "vanilla", "locomo", "complete", 0.20)
+    rec = RunRecord(res / "hotpotqa" / "llmlingua1_smol" / "tiny" / "seed-42-x")
+    rec.write_header({"status": "complete", "task": "hotpotqa", "method": "llmlingua1_smol", "backbone": "tiny",
+                      "protocol": "memory", "primary_metric": "f1", "data": {"subset": True},
+                      "config": {"task": {"limit": None}, "method": {"_target_": "methods.compression.LLMLingua1Smol"}},
+                      "metrics": {"overall": {"f1": {"mean": 0.1, "stderr": 0.01, "n": 10}}, "by_category": {}}})
+    monkeypatch.setattr(report, "task_data_problem", lambda t: "no parquet here" if t == "memoryagentbench" else None)
+    build_report(res, out)
+    md = (out / "main.md").read_text()
+    row = next(l for l in md.splitlines() if l.startswith("| llmlingua1_smol"))
+    assert "10.00 ± 1.00 †" in row  # a partial data file is a subset even without task.limit
+    assert row.count("data unavailable") == 1 and "Data unavailable: `memoryagentbench`: no parquet here" in md
+    for name in ("main.md", "costs.md", "hotpotqa.md"):
+        assert "Stand-in: `llmlingua1_smol` is **not LLMLingua-2**" in (out / name).read_text(), name
+    assert "Stand-in" not in (out / "locomo.md").read_text()  # only where the stand-in appears
+
+
+def test_task_data_problem_names_the_missing_file(tmp_path, monkeypatch):
+    from harness.report import task_data_problem
+
+    monkeypatch.setenv("HARNESS_MAB", str(tmp_path))
+    assert "no parquet file for split" in task_data_problem("memoryagentbench")
+    assert task_data_problem("locomo") is None  # the packaged copy loads
