@@ -35,9 +35,11 @@ from typing import Any
 from harness.errors import DataError
 from harness.types import Episode, Query, Score
 from tasks.base import Task, data_root
+from tasks.hub import HubSource, hub_fingerprint, is_hub_uri, load_hub_dataset, parse_hub_uri
 from tasks.qa_metrics import fill_template
 
 DEFAULT_ZIP = Path("gpqa") / "dataset.zip"
+HUB = {"name": "gpqa_diamond", "split": "train"}  # defaults of an hf://Idavidrein/gpqa data_path
 MEMBER = "dataset/gpqa_diamond.csv"
 LETTERS = "ABCD"
 PROTOCOLS = ("generative", "loglik_mc")
@@ -130,6 +132,16 @@ def read_encrypted_csv(zip_path: Path, member: str, password: str) -> list[dict[
     return list(reader)
 
 
+def hub_gpqa(source: HubSource) -> list[dict[str, Any]]:
+    """Rows from the gated ``Idavidrein/gpqa`` dataset (config ``gpqa_diamond``, split ``train``: the same
+    columns as the CSV in the zip); they stay in memory like the decrypted CSV."""
+    ds = load_hub_dataset(source)
+    missing = [c for c in REQUIRED if c not in (ds.column_names or [])]
+    if missing:
+        raise DataError(source.uri, f"missing columns {missing}")
+    return [{k: ("" if v is None else str(v)) for k, v in dict(row).items()} for row in ds]
+
+
 class GPQADiamondTask(Task):
     name = "gpqa_diamond"
     primary_metric = "accuracy"
@@ -145,12 +157,10 @@ class GPQADiamondTask(Task):
         missing = [k for k in ("generative", "option", "loglik", "loglik_choice") if k not in prompts]
         if missing:
             raise ValueError(f"task.prompts is missing {missing}")
-        if data_path:
-            self.path = Path(data_path).expanduser()
-        elif os.environ.get("HARNESS_GPQA"):
-            self.path = Path(os.environ["HARNESS_GPQA"]).expanduser()
-        else:
-            self.path = data_root() / DEFAULT_ZIP
+        where = data_path or os.environ.get("HARNESS_GPQA")
+        self.hub = parse_hub_uri(where, **HUB) if is_hub_uri(where) else None
+        self.path = Path(where).expanduser() if where and not self.hub else data_root() / DEFAULT_ZIP
+        self._rows: list[dict[str, str]] | None = None
         self.member = member
         self.password_file = Path(password_file).expanduser() if password_file else self.path.parent / "PASSWORD"
         self.protocol, self.shuffle_seed, self.prompts = protocol, shuffle_seed, prompts
@@ -170,19 +180,28 @@ class GPQADiamondTask(Task):
         self._seed = self.shuffle_seed if self.shuffle_seed is not None else seed
         return super().episodes(seed)
 
+    def rows(self) -> list[dict[str, str]]:
+        if self._rows is None:
+            if self.hub:
+                self._rows = hub_gpqa(self.hub)
+            elif not self.path.is_file():
+                raise DataError(self.path, "GPQA dataset.zip not found (set task.data_path, HARNESS_GPQA or HARNESS_DATA)")
+            else:
+                self._rows = read_encrypted_csv(self.path, self.member, self._password())
+        return self._rows
+
     def load_episodes(self) -> list[Episode]:
-        if not self.path.is_file():
-            raise DataError(self.path, "GPQA dataset.zip not found (set task.data_path, HARNESS_GPQA or HARNESS_DATA)")
-        rows = read_encrypted_csv(self.path, self.member, self._password())
+        rows = self.rows()
+        source = self.hub.uri if self.hub else self.path
         queries, seen = [], set()
         for i, row in enumerate(rows):
-            where = f"{self.member} row {i + 1} (Record ID {row.get('Record ID')!r})"
+            where = (f"row {i}" if self.hub else f"{self.member} row {i + 1}") + f" (Record ID {row.get('Record ID')!r})"
             for col in REQUIRED:
                 if not (row.get(col) or "").strip():
-                    raise DataError(self.path, f"{where}: empty field {col!r}")
+                    raise DataError(source, f"{where}: empty field {col!r}")
             rid = row["Record ID"].strip()
             if rid in seen:
-                raise DataError(self.path, f"{where}: duplicate Record ID")
+                raise DataError(source, f"{where}: duplicate Record ID")
             seen.add(rid)
             raw = [row["Correct Answer"]] + [row[f"Incorrect Answer {k}"] for k in (1, 2, 3)]
             order = option_order(rid, self._seed)
@@ -196,6 +215,8 @@ class GPQADiamondTask(Task):
         return [Episode(id=EPISODE_ID, units=(), queries=tuple(queries), metadata={"shuffle_seed": self._seed})]
 
     def data_fingerprint(self) -> dict[str, Any]:
+        if self.hub:  # a checksum of the rows: nothing of them is written
+            return {**hub_fingerprint(self.hub, self.rows()), "shuffle_seed": self._seed}
         # The checksum is of the encrypted zip as distributed; the plain CSV is never hashed to disk.
         return {"path": str(self.path), "member": self.member,
                 "zip_sha256": hashlib.sha256(self.path.read_bytes()).hexdigest(), "shuffle_seed": self._seed}

@@ -20,16 +20,57 @@ from typing import Any, Callable
 from harness.errors import DataError
 from harness.types import ContextUnit, Episode, Query, RenderedContext, Score
 from tasks.base import Task, data_root
+from tasks.hub import HubSource, hub_fingerprint, is_hub_uri, load_hub_rows, parse_hub_uri
 from tasks.qa_metrics import em_lenient, em_official, f1_lenient, f1_official, fill_template, first_line
 
 FULL_DEV_SIZE = 7405
 DEFAULT_FILE = Path("hotpotqa") / "hotpotqa_dev_distractor_subset.jsonl"
+HUB = {"name": "distractor", "split": "validation"}  # defaults of an hf://hotpotqa/hotpot_qa data_path
 SCORINGS = ("reference", "official")
 EXTRACTIONS = ("first_line", "full")
 
 
 def _fail(path: Path, line: int, message: str) -> DataError:
     return DataError(path, f"line {line}: {message}")
+
+
+def validate_row(row: Any, fail: Callable[[str], DataError]) -> dict[str, Any]:
+    """One question in the HF ``hotpot_qa``/``distractor`` layout, checked field by field."""
+    if not isinstance(row, dict):
+        raise fail("expected a JSON object")
+    for key in ("id", "question", "answer", "type", "context"):
+        if key not in row:
+            raise fail(f"missing field {key!r}")
+    if isinstance(row["id"], int) and not isinstance(row["id"], bool):
+        # 4 records of the staged subset carry integer ids; an id only has to be unique.
+        row["id"] = str(row["id"])
+    for key in ("id", "question", "answer", "type"):
+        if not isinstance(row[key], str):
+            raise fail(f"field {key!r} must be a string, got {type(row[key]).__name__}")
+    ctx = row["context"]
+    if not isinstance(ctx, dict) or "title" not in ctx or "sentences" not in ctx:
+        raise fail("field 'context' must be {title: [...], sentences: [[...]]}")
+    titles, sentences = ctx["title"], ctx["sentences"]
+    if not isinstance(titles, list) or not isinstance(sentences, list) or len(titles) != len(sentences):
+        raise fail(f"context.title and context.sentences must be lists of equal length "
+                   f"(got {len(titles) if isinstance(titles, list) else titles!r} titles)")
+    if not titles:
+        raise fail("context has no passages")
+    for i, sents in enumerate(sentences):
+        if not isinstance(sents, list) or not all(isinstance(s, str) for s in sents):
+            raise fail(f"context.sentences[{i}] must be a list of strings")
+    return row
+
+
+def _check_unique(rows: list[dict[str, Any]], where: Any) -> list[dict[str, Any]]:
+    if not rows:
+        raise DataError(where, "no questions in the data")
+    seen: set[str] = set()
+    for row in rows:
+        if row["id"] in seen:
+            raise DataError(where, f"duplicate question id {row['id']!r}")
+        seen.add(row["id"])
+    return rows
 
 
 def parse_hotpotqa(path: Path) -> list[dict[str, Any]]:
@@ -45,38 +86,15 @@ def parse_hotpotqa(path: Path) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise _fail(path, n, f"not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise _fail(path, n, "expected a JSON object")
-            for key in ("id", "question", "answer", "type", "context"):
-                if key not in row:
-                    raise _fail(path, n, f"missing field {key!r}")
-            if isinstance(row["id"], int) and not isinstance(row["id"], bool):
-                # 4 records of the staged subset carry integer ids; an id only has to be unique.
-                row["id"] = str(row["id"])
-            for key in ("id", "question", "answer", "type"):
-                if not isinstance(row[key], str):
-                    raise _fail(path, n, f"field {key!r} must be a string, got {type(row[key]).__name__}")
-            ctx = row["context"]
-            if not isinstance(ctx, dict) or "title" not in ctx or "sentences" not in ctx:
-                raise _fail(path, n, "field 'context' must be {title: [...], sentences: [[...]]}")
-            titles, sentences = ctx["title"], ctx["sentences"]
-            if not isinstance(titles, list) or not isinstance(sentences, list) or len(titles) != len(sentences):
-                raise _fail(path, n, f"context.title and context.sentences must be lists of equal length "
-                                     f"(got {len(titles) if isinstance(titles, list) else titles!r} titles)")
-            if not titles:
-                raise _fail(path, n, "context has no passages")
-            for i, sents in enumerate(sentences):
-                if not isinstance(sents, list) or not all(isinstance(s, str) for s in sents):
-                    raise _fail(path, n, f"context.sentences[{i}] must be a list of strings")
-            rows.append(row)
-    if not rows:
-        raise DataError(path, "no questions in the file")
-    seen: set[str] = set()
-    for row in rows:
-        if row["id"] in seen:
-            raise DataError(path, f"duplicate question id {row['id']!r}")
-        seen.add(row["id"])
-    return rows
+            rows.append(validate_row(row, lambda m, n=n: _fail(path, n, m)))
+    return _check_unique(rows, path)
+
+
+def hub_hotpotqa(source: HubSource) -> list[dict[str, Any]]:
+    """The same layout from the Hub (``hotpotqa/hotpot_qa``, config ``distractor``, split ``validation``)."""
+    rows = load_hub_rows(source)
+    return _check_unique([validate_row(r, lambda m, i=i: DataError(source.uri, f"row {i}: {m}"))
+                          for i, r in enumerate(rows)], source.uri)
 
 
 class HotpotQATask(Task):
@@ -94,24 +112,21 @@ class HotpotQATask(Task):
         missing = [k for k in ("with_context", "without_context", "passage") if k not in prompts]
         if missing:
             raise ValueError(f"task.prompts is missing {missing}")
-        self.path = self._resolve(data_path)
+        where = data_path or os.environ.get("HARNESS_HOTPOTQA")
+        self.hub = parse_hub_uri(where, **HUB) if is_hub_uri(where) else None
+        self.path = Path(where).expanduser() if where and not self.hub else data_root() / DEFAULT_FILE
         self.scoring, self.answer_extraction, self.prompts = scoring, answer_extraction, prompts
-        self._n_questions: int | None = None
+        self._rows: list[dict[str, Any]] | None = None
 
-    @staticmethod
-    def _resolve(data_path: str | None) -> Path:
-        if data_path:
-            return Path(data_path).expanduser()
-        if os.environ.get("HARNESS_HOTPOTQA"):
-            return Path(os.environ["HARNESS_HOTPOTQA"]).expanduser()
-        return data_root() / DEFAULT_FILE
+    def rows(self) -> list[dict[str, Any]]:
+        if self._rows is None:
+            self._rows = hub_hotpotqa(self.hub) if self.hub else parse_hotpotqa(self.path)
+        return self._rows
 
     # ------------------------------------------------------------------ data
     def load_episodes(self) -> list[Episode]:
         episodes = []
-        rows = parse_hotpotqa(self.path)
-        self._n_questions = len(rows)
-        for row in rows:
+        for row in self.rows():
             qid = row["id"]
             units = []
             for i, (title, sents) in enumerate(zip(row["context"]["title"], row["context"]["sentences"]), start=1):
@@ -125,13 +140,12 @@ class HotpotQATask(Task):
         return episodes
 
     def data_fingerprint(self) -> dict[str, Any]:
-        if self._n_questions is None:
-            self._n_questions = len(parse_hotpotqa(self.path))
-        n = self._n_questions
+        n = len(self.rows())
         note = (f"partial dev subset: {n} of the {FULL_DEV_SIZE} distractor-dev questions; "
                 "not comparable to full-dev numbers") if n < FULL_DEV_SIZE else "full distractor dev set"
-        return {"path": str(self.path), "sha256": hashlib.sha256(self.path.read_bytes()).hexdigest(),
-                "n_questions": n, "subset": n < FULL_DEV_SIZE, "note": note}
+        where = (hub_fingerprint(self.hub, self.rows()) if self.hub else
+                 {"path": str(self.path), "sha256": hashlib.sha256(self.path.read_bytes()).hexdigest()})
+        return {**where, "n_questions": n, "subset": n < FULL_DEV_SIZE, "note": note}
 
     # --------------------------------------------------------------- prompts
     def render_context(self, episode: Episode, *, count_tokens: Callable[[str], int] | None = None,

@@ -29,14 +29,16 @@ from collections import defaultdict
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from harness.errors import DataError
 from harness.metrics import summarise
 from harness.types import Episode, Query, SampleRecord, Score
 from tasks.base import Task, data_root
+from tasks.hub import HubSource, hub_fingerprint, is_hub_uri, load_hub_rows, parse_hub_uri
 
 DEFAULT_FILE = Path("ifeval") / "input_data.jsonl"
+HUB = {"split": "train"}  # defaults of an hf://google/IFEval data_path
 EPISODE_ID = "ifeval"
 METRICS = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc")
 
@@ -83,6 +85,20 @@ def follow_flags(prompt: str, instruction_ids: Sequence[str], kwargs: Sequence[d
     return list(strict.follow_instruction_list), list(loose.follow_instruction_list)
 
 
+def validate_row(row: Any, fail: Callable[[str], DataError]) -> dict[str, Any]:
+    for key in ("key", "prompt", "instruction_id_list", "kwargs"):
+        if not isinstance(row, dict) or key not in row:
+            raise fail(f"missing field {key!r}")
+    ids, kw = row["instruction_id_list"], row["kwargs"]
+    if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+        raise fail(f"(key {row['key']}): field 'prompt' must be a non-empty string")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise fail(f"(key {row['key']}): field 'instruction_id_list' must be a non-empty list of strings")
+    if not isinstance(kw, list) or len(kw) != len(ids) or not all(isinstance(k, dict) for k in kw):
+        raise fail(f"(key {row['key']}): field 'kwargs' must be a list of objects, one per instruction")
+    return row
+
+
 def parse_ifeval(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(path, "IFEval input_data.jsonl not found (set task.data_path, HARNESS_IFEVAL or HARNESS_DATA)")
@@ -95,19 +111,18 @@ def parse_ifeval(path: Path) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(path, f"line {n}: not valid JSON ({exc.msg})") from exc
-            for key in ("key", "prompt", "instruction_id_list", "kwargs"):
-                if not isinstance(row, dict) or key not in row:
-                    raise DataError(path, f"line {n}: missing field {key!r}")
-            ids, kw = row["instruction_id_list"], row["kwargs"]
-            if not isinstance(row["prompt"], str) or not row["prompt"].strip():
-                raise DataError(path, f"line {n} (key {row['key']}): field 'prompt' must be a non-empty string")
-            if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-                raise DataError(path, f"line {n} (key {row['key']}): field 'instruction_id_list' must be a non-empty list of strings")
-            if not isinstance(kw, list) or len(kw) != len(ids) or not all(isinstance(k, dict) for k in kw):
-                raise DataError(path, f"line {n} (key {row['key']}): field 'kwargs' must be a list of objects, one per instruction")
-            rows.append(row)
+            rows.append(validate_row(row, lambda m, n=n: DataError(path, f"line {n}{'' if m.startswith('(') else ':'} {m}")))
     if not rows:
         raise DataError(path, "no prompts in the file")
+    return rows
+
+
+def hub_ifeval(source: HubSource) -> list[dict[str, Any]]:
+    """The prompts from the Hub (``google/IFEval``, split ``train``: the same 541 rows and fields)."""
+    rows = [validate_row(r, lambda m, i=i: DataError(source.uri, f"row {i}{'' if m.startswith('(') else ':'} {m}"))
+            for i, r in enumerate(load_hub_rows(source))]
+    if not rows:
+        raise DataError(source.uri, "no prompts in the split")
     return rows
 
 
@@ -117,24 +132,28 @@ class IFEvalTask(Task):
 
     def __init__(self, *, data_path: str | None = None, **kw: Any):
         super().__init__(**kw)
-        if data_path:
-            self.path = Path(data_path).expanduser()
-        elif os.environ.get("HARNESS_IFEVAL"):
-            self.path = Path(os.environ["HARNESS_IFEVAL"]).expanduser()
-        else:
-            self.path = data_root() / DEFAULT_FILE
+        where = data_path or os.environ.get("HARNESS_IFEVAL")
+        self.hub = parse_hub_uri(where, **HUB) if is_hub_uri(where) else None
+        self.path = Path(where).expanduser() if where and not self.hub else data_root() / DEFAULT_FILE
+        self._rows: list[dict[str, Any]] | None = None
+
+    def rows(self) -> list[dict[str, Any]]:
+        if self._rows is None:
+            self._rows = hub_ifeval(self.hub) if self.hub else parse_ifeval(self.path)
+        return self._rows
 
     def load_episodes(self) -> list[Episode]:
-        rows = parse_ifeval(self.path)
+        rows = self.rows()
+        where = self.hub.uri if self.hub else self.path
         known = set(checkers()[1].INSTRUCTION_DICT)
         queries, seen = [], set()
         for row in rows:
             unknown = [i for i in row["instruction_id_list"] if i not in known]
             if unknown:
-                raise DataError(self.path, f"key {row['key']}: instruction ids {unknown} are not in lm-eval's registry")
+                raise DataError(where, f"key {row['key']}: instruction ids {unknown} are not in lm-eval's registry")
             qid = f"ifeval/{row['key']}"
             if qid in seen:
-                raise DataError(self.path, f"duplicate key {row['key']}")
+                raise DataError(where, f"duplicate key {row['key']}")
             seen.add(qid)
             # HF's google/IFEval lists every kwarg with nulls; lm-eval drops falsy values itself.
             gold = {"instruction_id_list": list(row["instruction_id_list"]), "kwargs": [dict(k) for k in row["kwargs"]]}
@@ -143,6 +162,8 @@ class IFEvalTask(Task):
         return [Episode(id=EPISODE_ID, units=(), queries=tuple(queries))]
 
     def data_fingerprint(self) -> dict[str, Any]:
+        if self.hub:
+            return hub_fingerprint(self.hub, self.rows())
         return {"path": str(self.path), "sha256": hashlib.sha256(self.path.read_bytes()).hexdigest()}
 
     def prompt_messages(self, query: Query, context: str | None) -> list[dict[str, str]]:

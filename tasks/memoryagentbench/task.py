@@ -32,6 +32,7 @@ from harness.errors import DataError
 from harness.metrics import aggregate_scores, summarise
 from harness.types import ContextUnit, Episode, GenerationSettings, Query, RenderedContext, SampleRecord, Score
 from tasks.base import Task, data_root
+from tasks.hub import HubSource, is_hub_uri, load_hub_dataset, parse_hub_uri, rows_sha256
 from tasks.memoryagentbench.scoring import lenient_correct, lenient_f1, load_catalog, official_scores, parse_output
 from tasks.memoryagentbench.sources import CATEGORY, SPLITS, official_metric, reference_metric, settings_for
 from tasks.qa_metrics import fill_template, first_line
@@ -130,7 +131,18 @@ def read_split(path: Path) -> list[dict[str, Any]]:
     except Exception as exc:  # pyarrow raises several types for a non-parquet file
         raise DataError(path, f"not a readable parquet file ({type(exc).__name__}: {exc})") from exc
     _check_schema(path, table.schema)
-    rows = table.to_pylist()
+    return validate_rows(table.to_pylist(), path)
+
+
+def hub_split(source: HubSource, split: str) -> list[dict[str, Any]]:
+    """One split from the Hub (``ai-hyz/MemoryAgentBench``: the same parquet schema), checked the same way."""
+    ds = load_hub_dataset(source, split=split)
+    where = f"{source.uri} split {split}"
+    _check_schema(where, ds.data.schema)
+    return validate_rows(ds.to_list(), where)
+
+
+def validate_rows(rows: list[dict[str, Any]], path: Any) -> list[dict[str, Any]]:
     for i, row in enumerate(rows):
         meta = row.get("metadata") or {}
         src = meta.get("source")
@@ -183,7 +195,9 @@ class MemoryAgentBenchTask(Task):
         for k in ("system", "memorize", "query"):
             if k not in prompts["official"]:
                 raise ValueError(f"task.prompts.official is missing {k!r}")
-        self.data_dir = Path(data_dir or os.environ.get("HARNESS_MAB") or data_root() / "memoryagentbench").expanduser()
+        where = data_dir or os.environ.get("HARNESS_MAB")
+        self.hub = parse_hub_uri(where) if is_hub_uri(where) else None
+        self.data_dir = Path(where if where and not self.hub else data_root() / "memoryagentbench").expanduser()
         self.splits, self.sources = list(splits), list(sources) if sources else None
         self.rows, self.prompt_style, self.scoring = rows, prompt_style, scoring
         self.max_context_chars, self.chunk_chars = max_context_chars, chunk_chars
@@ -193,16 +207,21 @@ class MemoryAgentBenchTask(Task):
         self.memorize_timestamp = memorize_timestamp
         self.prompts = prompts
         self._files: dict[str, Path] = {}
+        self._hub_sha: dict[str, str] = {}
 
     # ------------------------------------------------------------------ data
     def load_episodes(self) -> list[Episode]:
         episodes: list[Episode] = []
         found_sources: set[str] = set()
         for split in self.splits:
-            path = find_split_file(self.data_dir, split)
-            self._files[split] = path
+            if self.hub:
+                rows = hub_split(self.hub, split)
+                self._hub_sha[split] = rows_sha256(rows)
+            else:
+                self._files[split] = find_split_file(self.data_dir, split)
+                rows = read_split(self._files[split])
             per_source: dict[str, int] = defaultdict(int)
-            for row in read_split(path):
+            for row in rows:
                 meta = row["metadata"] or {}
                 source = meta["source"]
                 found_sources.add(source)
@@ -217,7 +236,7 @@ class MemoryAgentBenchTask(Task):
         if self.sources is not None:
             unknown = [s for s in self.sources if s not in found_sources]
             if unknown:
-                raise DataError(self.data_dir, f"task.sources {unknown} not in the data (exact names; found: {sorted(found_sources)})")
+                raise DataError(self.hub.uri if self.hub else self.data_dir, f"task.sources {unknown} not in the data (exact names; found: {sorted(found_sources)})")
         return episodes
 
     def _episode(self, split: str, source: str, k: int, row: dict[str, Any]) -> Episode:
@@ -247,6 +266,11 @@ class MemoryAgentBenchTask(Task):
         return Episode(id=eid, units=units, queries=tuple(queries), metadata=emeta)
 
     def data_fingerprint(self) -> dict[str, Any]:
+        if self.hub:
+            if not self._hub_sha:
+                self.load_episodes()
+            return {"source": self.hub.uri, "revision": self.hub.revision or "unpinned (the Hub's latest)",
+                    "splits": {s: {"rows_sha256": self._hub_sha[s]} for s in self.splits}}
         files = self._files or {s: find_split_file(self.data_dir, s) for s in self.splits}
         return {"data_dir": str(self.data_dir),
                 "files": {s: {"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
