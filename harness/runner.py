@@ -71,6 +71,9 @@ def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_ba
     if cfg.run.get("threads"):
         torch.set_num_threads(int(cfg.run.threads))
     task = build(cfg.task, "task")
+    problem = task.runner_problem(str(cfg.method.get("_target_", "")))
+    if problem:
+        raise ConfigError(problem)
     episodes = task.episodes(seed)
     names = {"task": str(cfg.task.name), "method": str(cfg.method.name), "backbone": str(cfg.backbone.name)}
     adapter = resolve_adapter(cfg)

@@ -115,6 +115,11 @@ class Task(ABC):
         """Which data the run read (path and checksum), for the run record."""
         return {}
 
+    def runner_problem(self, method_target: str) -> str | None:
+        """Why this task as configured cannot be run with the method class ``method_target`` (checked by the
+        runner before any model loads, so a doomed run fails at once)."""
+        return None
+
     # --------------------------------------------------------------- prompts
     def render_context(self, episode: Episode, *, count_tokens: Callable[[str], int] | None = None,
                        max_tokens: int | None = None) -> RenderedContext:

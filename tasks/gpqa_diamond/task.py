@@ -240,6 +240,12 @@ class GPQADiamondTask(Task):
     def loglik_continuations(self) -> list[str]:
         return [fill_template(self.prompts["loglik_choice"], letter=L) for L in LETTERS]
 
+    def runner_problem(self, method_target: str) -> str | None:
+        if self.protocol == "loglik_mc" and method_target != "tasks.gpqa_diamond.loglik.LoglikMC":
+            return ("gpqa_diamond: protocol=loglik_mc scores the log-likelihoods of the four options, which text-"
+                    "generating methods do not give; run it with `python -m tasks.gpqa_diamond.loglik`")
+        return None
+
     def public_gold(self, query: Query):
         return query.gold  # the shuffled gold letter only
 

@@ -169,3 +169,22 @@ def test_loglik_protocol_helper_matches_a_manual_computation(tmp_path, tiny_back
         task.score(q, "I think (B) because")
     with pytest.raises(Exception, match="task.protocol=loglik_mc"):
         LoglikMC(name="loglik_mc").setup(tiny_backbone, make_task(data_path=str(path)), seed=0)
+
+
+def test_loglik_protocol_with_a_generating_method_fails_before_any_model_loads(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from harness.errors import ConfigError
+    from harness.runner import run_experiment
+
+    path = plain_zip(tmp_path / "dataset.zip", [row("r1")])
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["task=gpqa_diamond", "task.protocol=loglik_mc", f"task.data_path={path}",
+                                           "method=vanilla", f"run.results_dir={tmp_path / 'results'}"])
+
+    def no_model(_):
+        raise AssertionError("the backbone must not be loaded")
+
+    with pytest.raises(ConfigError, match="python -m tasks.gpqa_diamond.loglik"):
+        run_experiment(cfg, load=no_model)
+    assert make_task(protocol="loglik_mc").runner_problem("tasks.gpqa_diamond.loglik.LoglikMC") is None
