@@ -202,6 +202,9 @@ class MemoryBank(Method):
             except (EmbeddingsUnavailable, OSError, ValueError) as exc:
                 if self.retriever == "dense":
                     raise ConfigError(f"method {self.name}: dense retrieval needs all-MiniLM-L6-v2: {exc}") from exc
+                if self.embedding_model is not None:  # the fallback covers the default wheel, not a named model
+                    raise ConfigError(f"method {self.name}: embedding_model {self.embedding_model!r} cannot be "
+                                      f"loaded: {exc}") from exc
                 self.retriever_note = f"embeddings unavailable, BM25 fallback: {exc}"
 
     # ------------------------------------------------------------------ write

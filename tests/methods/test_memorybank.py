@@ -108,6 +108,9 @@ def test_dense_without_embeddings_is_an_error_and_auto_falls_back(tiny_backbone,
         make(tiny_backbone, tmp_path, retriever="dense")
     m = make(tiny_backbone, tmp_path, retriever="auto")
     assert m.retriever_used == "bm25" and "fallback" in m.retriever_note
+    # a model the user named is never silently replaced by BM25
+    with pytest.raises(ConfigError, match="embedding_model '/nowhere/minilm' cannot be loaded"):
+        make(tiny_backbone, tmp_path, retriever="auto", embedding_model="/nowhere/minilm")
 
 
 # ------------------------------------------------------------------ end to end
