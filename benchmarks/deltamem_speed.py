@@ -291,7 +291,13 @@ def part_scan(lengths: list[int], reps: int) -> list[Cell]:
     return cells
 
 
-def part_train(bare: torch.nn.Module, write_len: int, read_len: int, reps: int) -> list[Cell]:
+def part_train(bare: torch.nn.Module, write_len: int, read_len: int, reps: int,
+               variants: tuple[str, ...] = ("tsw", "msw")) -> list[Cell]:
+    """One optimizer step of δ-mem (write pass, read pass with writes off, AdamW) against one of a rank-8 LoRA
+    on q_proj over the same write + read tokens. Neither computes logits where nothing is supervised: the
+    δ-mem write pass keeps one position, the LoRA forward keeps the read positions (its loss is taken by
+    hand), so the LM head over the 49,152-token vocabulary costs both the same."""
+    import torch.nn.functional as F
     from peft import LoraConfig, get_peft_model
 
     g = torch.Generator().manual_seed(7)
@@ -300,60 +306,69 @@ def part_train(bare: torch.nn.Module, write_len: int, read_len: int, reps: int) 
     labels = read_ids.clone()
     labels[:, : read_len // 2] = -100  # supervise the "answer" half
 
-    dm_model = copy.deepcopy(bare)
-    torch.manual_seed(1)
-    dm = attach(dm_model, DeltaMemConfig.tsw())  # base_slice_fixed: the training default
-    dm_model.train()
-    dm_opt = torch.optim.AdamW(dm.parameters(), lr=2e-4, weight_decay=0.0)
+    def loss_of(logits: torch.Tensor) -> torch.Tensor:  # next-token CE over the read positions
+        return F.cross_entropy(logits[0, :-1].float(), labels[0, 1:], ignore_index=-100)
 
-    def dm_step() -> float:
-        dm.reset()
-        # the write pass needs no logits: skipping the LM head over 1,024 x 49,152 is part of the recipe
-        dm_model(input_ids=write_ids, attention_mask=torch.ones_like(write_ids), use_cache=False, logits_to_keep=1)
-        with dm.writes(False):
-            out = dm_model(input_ids=read_ids, attention_mask=torch.ones_like(read_ids), labels=labels,
-                           use_cache=False)
-        out.loss.backward()
-        dm_opt.step()
-        dm_opt.zero_grad(set_to_none=True)
-        return float(out.loss.detach())
+    def deltamem_step_fn(variant: str):
+        model = copy.deepcopy(bare)
+        torch.manual_seed(1)
+        dm = attach(model, getattr(DeltaMemConfig, variant)())  # base_slice_fixed: the training default
+        model.train()
+        opt = torch.optim.AdamW(dm.parameters(), lr=2e-4, weight_decay=0.0)
+
+        def step() -> float:
+            dm.reset()
+            model(input_ids=write_ids, attention_mask=torch.ones_like(write_ids), use_cache=False, logits_to_keep=1)
+            with dm.writes(False):
+                out = model(input_ids=read_ids, attention_mask=torch.ones_like(read_ids), use_cache=False)
+            loss = loss_of(out.logits)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return float(loss.detach())
+
+        return model, dm, opt, step
 
     lora_model = get_peft_model(copy.deepcopy(bare), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj"],
                                                                 lora_dropout=0.0))
     lora_model.train()
     lora_opt = torch.optim.AdamW([p for p in lora_model.parameters() if p.requires_grad], lr=2e-4)
     full_ids = torch.cat([write_ids, read_ids], 1)
-    full_labels = torch.cat([torch.full_like(write_ids, -100), labels], 1)
 
     def lora_step() -> float:
-        out = lora_model(input_ids=full_ids, attention_mask=torch.ones_like(full_ids), labels=full_labels,
-                         use_cache=False)
-        out.loss.backward()
+        out = lora_model(input_ids=full_ids, attention_mask=torch.ones_like(full_ids), use_cache=False,
+                         logits_to_keep=read_len)
+        loss = loss_of(out.logits)
+        loss.backward()
         lora_opt.step()
         lora_opt.zero_grad(set_to_none=True)
-        return float(out.loss.detach())
+        return float(loss.detach())
 
+    steps = {"lora": lora_step}
     cells = {"lora": Cell("train", "LoRA r8 q_proj", extra={"tokens": write_len + read_len,
-                                                           "trainable": sum(p.numel() for p in lora_model.parameters() if p.requires_grad)}),
-             "dm": Cell("train", "deltamem_tsw", extra={"write": write_len, "read": read_len,
-                                                        "trainable": dm.num_parameters()})}
-    dm_step(), lora_step()  # warm-up
-    # the gradient must really cross the state into the write pass
-    k_grad = 0.0
-    dm.reset()
-    dm_model(input_ids=write_ids, use_cache=False)
-    with dm.writes(False):
-        dm_model(input_ids=read_ids, labels=labels, use_cache=False).loss.backward()
-    for lay in dm.layers.values():
-        k_grad += float(lay.memory_k_proj.grad.norm())
-    dm_opt.zero_grad(set_to_none=True)
-    cells["dm"].extra["grad_norm_memory_k_proj"] = k_grad
-    for _ in range(reps):
-        for key, step in (("dm", dm_step), ("lora", lora_step)):
+                                                           "trainable": sum(p.numel() for p in lora_model.parameters()
+                                                                            if p.requires_grad)})}
+    for variant in variants:
+        model, dm, opt, step = deltamem_step_fn(variant)
+        step()  # warm-up (compiles the scan)
+        # the gradient must really cross the state into the write pass
+        dm.reset()
+        model(input_ids=write_ids, use_cache=False, logits_to_keep=1)
+        with dm.writes(False):
+            loss_of(model(input_ids=read_ids, use_cache=False).logits).backward()
+        k_grad = sum(float(lay.memory_k_proj.grad.norm()) for lay in dm.layers.values())
+        opt.zero_grad(set_to_none=True)
+        steps[variant] = step
+        cells[variant] = Cell("train", f"deltamem_{variant}", extra={"write": write_len, "read": read_len,
+                                                                     "trainable": dm.num_parameters(),
+                                                                     "grad_norm_memory_k_proj": k_grad})
+    lora_step()  # warm-up
+    for _ in range(reps):  # interleaved, so drift hits every variant alike
+        for key, step in steps.items():
             dt, fc = timed(step)
             cells[key].times_s.append(dt)
             cells[key].foreign_cores.append(fc)
-    return [cells["lora"], cells["dm"]]
+    return list(cells.values())
 
 
 def _locomo_history_and_questions(tokenizer: Any, n_questions: int) -> tuple[list[int], list[list[int]]]:
@@ -518,7 +533,8 @@ def main() -> None:
         cells = part_train(bare, args.write_len, args.read_len, args.reps)
         print(f"\ntraining step (s, median of {args.reps}): write {args.write_len} + read {args.read_len}")
         print(cells[0].row(None))
-        print(cells[1].row(None) + f"  time vs LoRA: {cells[1].median / cells[0].median:.3f}×")
+        for cell in cells[1:]:
+            print(cell.row(None) + f"  time vs LoRA: {cell.median / cells[0].median:.3f}×")
         all_cells += cells
     if args.json:
         with open(args.json, "w") as f:
