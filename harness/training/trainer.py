@@ -335,6 +335,7 @@ class Trainer:
                                            **({"fused": True} if fused else {}))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.probe = BetaProbe(self.model) if settings.sparsity_weight > 0 else None
+        self.eval_donors: list[int] | None = None
         self.eval_set = self._eval_set()
         self.eval_floor: float | None = None
         self.step = 0
@@ -355,25 +356,32 @@ class Trainer:
 
         if not self.controls.eval_every or not self.data.heldout:
             return []
+        from harness.training.heldout import other_history_donors
+
         picked = select(self.data.heldout, self.controls.eval_episodes, seed=self.seed)
+        groups = {f"{e.source}/{e.group}" for e in picked}
+        self.eval_donors = other_history_donors(picked) if len(groups) > 1 else None
         return [tokenize_episode(ep, self.renderer, write_length=self.settings.write_length,
                                  read_length=self.settings.read_length) for ep in picked]
 
     @torch.no_grad()
-    def heldout_ce(self, with_memory: bool = True) -> float:
-        """Mean target CE on the fixed held-out subset: history written (training protocol) or not written
-        (an empty state is inert, so this is the bare backbone with the question only)."""
+    def heldout_ce(self, with_memory: bool = True, other_history: bool = False) -> float:
+        """Mean target CE on the fixed held-out subset: history written (training protocol), not written (an
+        empty state is inert, so this is the bare backbone with the question only), or, with
+        ``other_history``, the history of another held-out document written instead: the gap between the
+        first and the last is what the memory recalls, as opposed to what it learned of the answers' form."""
         was_training = self.model.training
         self.model.eval()
         segmented = self.dm.config.write_granularity != "token"
         values = []
         try:
             with self.autocast():
-                for ep in self.eval_set:
+                for i, ep in enumerate(self.eval_set):
                     self.dm.reset()
                     if with_memory:
-                        write = torch.tensor([ep.write_ids], device=self.device)
-                        seg = torch.tensor([ep.write_message_ids], device=self.device)
+                        written = self.eval_set[self.eval_donors[i]] if other_history else ep
+                        write = torch.tensor([written.write_ids], device=self.device)
+                        seg = torch.tensor([written.write_message_ids], device=self.device)
                         with self.dm.writes(True):
                             for start in range(0, write.shape[1], self.write_chunk):
                                 if segmented:
@@ -394,8 +402,10 @@ class Trainer:
             self.eval_floor = self.heldout_ce(with_memory=False)
         t0 = time.perf_counter()
         ce = self.heldout_ce()
+        other = self.heldout_ce(other_history=True) if self.eval_donors is not None else None
         return {"kind": "eval", "step": self.step, "heldout_ce": ce, "heldout_ce_nocontext": self.eval_floor,
-                "heldout_episodes": len(self.eval_set), "seconds": round(time.perf_counter() - t0, 2)}
+                "heldout_ce_other_history": other, "heldout_episodes": len(self.eval_set),
+                "seconds": round(time.perf_counter() - t0, 2)}
 
     # -------------------------------------------------------------------------------- state
     def _state(self) -> dict[str, Any]:
@@ -523,7 +533,8 @@ class Trainer:
                         log.write(json.dumps(ev) + "\n")
                         log.flush()
                         bar.write(f"[train] step {self.step}: held-out CE {ev['heldout_ce']:.4f} "
-                                  f"(no memory {ev['heldout_ce_nocontext']:.4f}, {ev['heldout_episodes']} episodes)")
+                                  f"(another's history {ev['heldout_ce_other_history'] or float('nan'):.4f}, "
+                                  f"no memory {ev['heldout_ce_nocontext']:.4f}, {ev['heldout_episodes']} episodes)")
                     if self.step % self.controls.save_every == 0 and self.step < self.total_steps:
                         self.save_checkpoint()
                         plot_loss_curve(log_path, self.out_dir / CURVE_FILE)
@@ -572,6 +583,7 @@ class Trainer:
             "heldout_ce_first": evals[0]["heldout_ce"] if evals else None,
             "heldout_ce_last": evals[-1]["heldout_ce"] if evals else None,
             "heldout_ce_nocontext": evals[-1]["heldout_ce_nocontext"] if evals else None,
+            "heldout_ce_other_history_last": evals[-1].get("heldout_ce_other_history") if evals else None,
             "data": self.data.describe(),
             "data_name": self.data_name,
             "heldout_ids": [e.id for e in self.data.heldout],
@@ -635,6 +647,9 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> None:
     if evals:
         ax.plot([r["step"] for r in evals], [r["heldout_ce"] for r in evals], "o-", color="tab:green",
                 markersize=3, label="held-out, memory")
+        others = [(r["step"], r["heldout_ce_other_history"]) for r in evals if r.get("heldout_ce_other_history")]
+        if others:
+            ax.plot(*zip(*others), "s--", color="tab:purple", markersize=3, label="held-out, another's history")
         ax.axhline(evals[-1]["heldout_ce_nocontext"], color="tab:red", linestyle="--", linewidth=1,
                    label="held-out, no memory")
     ax.set_xlabel("optimizer step")

@@ -94,3 +94,28 @@ def test_other_history_control_writes_the_donor_history(tmp_path):
         by_hand["conditions"]["memory:trained"]["ce"], rel=1e-6)
     assert out["conditions"]["memory:trained:other"]["ce"] != pytest.approx(
         out["conditions"]["memory:trained"]["ce"], rel=1e-6)
+
+
+def test_training_eval_tracks_the_other_history_control_like_the_benchmark(tmp_path):
+    """The trainer's held-out CE with another document's history equals the benchmark's control condition
+    on the same episodes (two separate code paths)."""
+    import json
+
+    from harness.training.heldout import select
+    from harness.training.trainer import LOG_FILE
+
+    bb = tiny()
+    data_args = ["train_data=synthetic", "train_data.sources.synthetic.conversations=12",
+                 "train_data.sources.synthetic.questions=1", "train_data.heldout_fraction=0.34"]
+    cfg = train_cfg(tmp_path, "train.max_steps=1", "run.eval_episodes=3", data=data_args)
+    run_training(cfg, load=lambda _: bb)
+    bb.model._deltamem.detach()
+    ev = [json.loads(l) for l in (tmp_path / LOG_FILE).read_text().splitlines() if '"eval"' in l][-1]
+    assert ev["heldout_ce_other_history"] is not None and ev["heldout_ce_other_history"] != ev["heldout_ce"]
+    data = build_training_data([SyntheticMemory(conversations=12, questions=1)], heldout_fraction=0.34,
+                               split_seed=int(cfg.train_data.split_seed))
+    picked = select(data.heldout, 3, seed=int(cfg.seed))
+    out = evaluate(bb, picked, adapters={"t": str(tmp_path)}, write_length=96, read_length=64, conditions=(),
+                   other_history=True, progress=False)
+    assert out["conditions"]["memory:t"]["ce"] == pytest.approx(ev["heldout_ce"], rel=1e-5)
+    assert out["conditions"]["memory:t:other"]["ce"] == pytest.approx(ev["heldout_ce_other_history"], rel=1e-5)
