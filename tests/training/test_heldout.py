@@ -119,3 +119,30 @@ def test_training_eval_tracks_the_other_history_control_like_the_benchmark(tmp_p
                    other_history=True, progress=False)
     assert out["conditions"]["memory:t"]["ce"] == pytest.approx(ev["heldout_ce"], rel=1e-5)
     assert out["conditions"]["memory:t:other"]["ce"] == pytest.approx(ev["heldout_ce_other_history"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_training_learns_recall_not_only_answer_form(tmp_path):
+    """A copy task (the answer is a word said in the history, one of six) on the tiny model: after training,
+    the held-out target CE with the episode's own history is clearly below the CE with another document's
+    history. Early on both fall together (answer form is learned first); recall comes after (about 0.05 of
+    gap at step 100, 0.3 at step 300 when this was written)."""
+    import json
+    import random
+
+    from harness.training.trainer import LOG_FILE
+
+    words = ["apple", "river", "stone", "cloud", "tiger", "maple"]
+    rng = random.Random(0)
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"id": f"c{i}", "messages": [
+        {"role": "user", "content": f"The code is {w}."}, {"role": "assistant", "content": "Noted."},
+        {"role": "user", "content": "What is the code?"}, {"role": "assistant", "content": w}]}) + "\n"
+        for i, w in enumerate(rng.choice(words) for _ in range(400))))
+    cfg = train_cfg(tmp_path / "run", "train.max_steps=300", "train.lr=1e-2", "train.grad_accum=4",
+                    "run.eval_every=300", "run.eval_episodes=32", variant="msw",
+                    data=["train_data=jsonl", f"train_data.sources.jsonl.path={chats}"])
+    run_training(cfg, load=lambda _: tiny())
+    ev = [json.loads(l) for l in (tmp_path / "run" / LOG_FILE).read_text().splitlines() if '"eval"' in l][-1]
+    assert ev["step"] == 300 and ev["heldout_ce"] < 0.5 * ev["heldout_ce_nocontext"]
+    assert ev["heldout_ce_other_history"] - ev["heldout_ce"] > 0.15, ev
