@@ -86,13 +86,13 @@ def task_data_problem(task: str) -> str | None:
     from omegaconf import OmegaConf
 
     from harness.errors import DataError
+    from harness.runner import build  # the runner imports torch: only when a task has no record at all
 
     path = ROOT / "conf" / "task" / f"{task}.yaml"
     if not path.is_file():
         return None
     try:
-        build_task = __import__("harness.runner", fromlist=["build"]).build
-        build_task(OmegaConf.load(path), "task").load_episodes()
+        build(OmegaConf.load(path), "task").load_episodes()
     except DataError as exc:  # paths shown relative to the checkout's parent, not this machine's layout
         return str(exc).replace(f"{ROOT.parent}/", "../")
     return None
