@@ -20,6 +20,7 @@ from typing import Any
 
 from harness.metrics import bootstrap_ci, clustered_stderr, mean
 from harness.records import RunRecord
+from harness.report import method_label
 
 
 class CompareError(ValueError):
@@ -57,9 +58,9 @@ def paired_comparison(path_a: str | Path, path_b: str | Path, metric: str | None
         by_cat[str(sa[i].category)].append(k)
     return {
         "task": ha.get("task"), "metric": metric, "n": len(shared), "episodes": len(set(episodes)),
-        "a": {"method": ha.get("method"), "protocol": ha.get("protocol"), "record": str(path_a),
+        "a": {"method": method_label(ha), "protocol": ha.get("protocol"), "record": str(path_a),
               "status": ha.get("status"), "n_samples": len(sa), "mean": mean(a)},
-        "b": {"method": hb.get("method"), "protocol": hb.get("protocol"), "record": str(path_b),
+        "b": {"method": method_label(hb), "protocol": hb.get("protocol"), "record": str(path_b),
               "status": hb.get("status"), "n_samples": len(sb), "mean": mean(b)},
         "diff": {"mean": mean(d), "stderr": clustered_stderr(d, episodes),
                  "ci95": list(bootstrap_ci(d, episodes, iters=iters)),

@@ -115,17 +115,20 @@ def method_label(header: dict[str, Any]) -> str | None:
 
     A method with an ``adapter`` setting (δ-mem) is a different row when that adapter is absent
     (``untrained``) or is not the one shipped for the backbone (the adapter folder's name): an
-    untrained memory must never stand in for the trained one in a cell."""
+    untrained memory must never stand in for the trained one in a cell. A control run (``control``) is
+    its own row too."""
     method = header.get("method")
+    control = header.get("config", {}).get("control")
+    suffix = f" (control: {control.replace('_', ' ')})" if control else ""
     method_cfg = header.get("config", {}).get("method", {})
     if method is None or "adapter" not in method_cfg:
-        return method
+        return method if method is None else method + suffix
     adapter = method_cfg.get("adapter")
     if adapter is None:
-        return f"{method} (untrained)"
+        return f"{method} (untrained){suffix}"
     if str(adapter).rstrip("/") == f"adapters/{header.get('backbone')}/{method}":
-        return method
-    return f"{method} ({Path(str(adapter)).name})"
+        return method + suffix
+    return f"{method} ({Path(str(adapter)).name}){suffix}"
 
 
 def collect(results_dir: Path) -> dict[tuple[str, str, str, str], Cell]:

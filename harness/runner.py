@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.adapters import resolve_adapter
 from harness.backbone import Backbone, load_backbone
+from harness.controls import apply_control
 from harness.errors import ConfigError
 from harness.records import RunRecord, config_hash, git_revision, package_versions, record_dir
 from harness.types import SampleRecord
@@ -33,6 +34,8 @@ def semantic_config(cfg: DictConfig) -> dict[str, Any]:
     data = OmegaConf.to_container(cfg, resolve=True)
     for key in _NON_SEMANTIC:
         data.pop(key, None)
+    if data.get("control") is None:  # absent and null are one setting: older records keep their hash
+        data.pop("control", None)
     return data
 
 
@@ -74,7 +77,8 @@ def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_ba
     problem = task.runner_problem(str(cfg.method.get("_target_", "")))
     if problem:
         raise ConfigError(problem)
-    episodes = task.episodes(seed)
+    control = cfg.get("control")
+    episodes = apply_control(control, task.episodes(seed), history_keys=task.history_keys, task=str(cfg.task.name))
     names = {"task": str(cfg.task.name), "method": str(cfg.method.name), "backbone": str(cfg.backbone.name)}
     adapter = resolve_adapter(cfg)
     semantic = semantic_config(cfg)
@@ -106,6 +110,7 @@ def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_ba
         "seed": seed,
         "config_hash": chash,
         "protocol": None,
+        "control": control,
         "config": semantic,
         "versions": package_versions(),
         "git": git_revision(),

@@ -82,6 +82,9 @@ class Task(ABC):
     #: False for data whose license forbids redistribution of the questions (GPQA):
     #: records then keep ids, the public part of the gold and the prediction only.
     record_questions: bool = True
+    #: Episode metadata that describes the context, not the questions (e.g. speaker names): under
+    #: ``control=other_history`` it moves with the context to the episode answered from it.
+    history_keys: tuple[str, ...] = ()
 
     def __init__(self, *, generation: dict | GenerationSettings | None = None, limit: int | None = None,
                  episode_ids: Sequence[str] | None = None, seed_offset: int = 0, name: str | None = None,

@@ -83,6 +83,7 @@ def _session_numbers(conv: dict) -> list[int]:
 class LoCoMoTask(Task):
     name = "locomo"
     primary_metric = "f1"
+    history_keys = ("speakers",)
 
     def __init__(self, *, data_path: str | None = None, categories: Sequence[int] = (1, 2, 3, 4),
                  session_order: str = "newest_first", truncation: str = "keep_earliest",
