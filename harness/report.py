@@ -390,10 +390,12 @@ def write_plot(by_backbone, tasks: list[str], out: Path) -> None:
     panels = [(b, rows) for b, rows in by_backbone.items() if any(r["n_tasks"] for r in rows)]
     if not panels:
         return
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 1.6 * len(tasks) + 3), 3.6 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 1.6 * len(tasks) + 3) + 3, 3.6 * len(panels)), squeeze=False)
     for ax, (backbone, rows) in zip(axes[:, 0], panels):
         rows = [r for r in rows if r["n_tasks"]]
         width = 0.8 / max(1, len(rows))
+        # tab10 repeats after ten methods, which made two methods share a colour
+        palette = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
         for i, r in enumerate(rows):
             xs, ys, errs = [], [], []
             for j, t in enumerate(tasks):
@@ -402,11 +404,12 @@ def write_plot(by_backbone, tasks: list[str], out: Path) -> None:
                     xs.append(j + i * width)
                     ys.append(100 * c.value)
                     errs.append(100 * c.stderr if c.stderr and not math.isnan(c.stderr) else 0)
-            ax.bar(xs, ys, width, yerr=errs, capsize=2, label=f"{r['method']} ({r['protocol']})")
+            ax.bar(xs, ys, width, yerr=errs, capsize=2, label=f"{r['method']} ({r['protocol']})",
+                   color=palette(i % palette.N), hatch="//" if "(control:" in r["method"] else None)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks)
         ax.set_ylabel("primary metric ×100")
         ax.set_title(f"backbone: {backbone}")
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a bar
     fig.tight_layout()
     fig.savefig(out / "main.png", dpi=120)
     plt.close(fig)
