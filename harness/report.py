@@ -397,6 +397,7 @@ def write_plot(by_backbone, tasks: list[str], out: Path) -> None:
         # tab10 repeats after ten methods, which made two methods share a colour
         palette = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
         for i, r in enumerate(rows):
+            is_control = any(c.header.get("config", {}).get("control") for c in r["cells"].values())
             xs, ys, errs = [], [], []
             for j, t in enumerate(tasks):
                 c = r["cells"][t]
@@ -405,7 +406,7 @@ def write_plot(by_backbone, tasks: list[str], out: Path) -> None:
                     ys.append(100 * c.value)
                     errs.append(100 * c.stderr if c.stderr and not math.isnan(c.stderr) else 0)
             ax.bar(xs, ys, width, yerr=errs, capsize=2, label=f"{r['method']} ({r['protocol']})",
-                   color=palette(i % palette.N), hatch="//" if "(control:" in r["method"] else None)
+                   color=palette(i % palette.N), hatch="//" if is_control else None)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks)
         ax.set_ylabel("primary metric ×100")
         ax.set_title(f"backbone: {backbone}")
