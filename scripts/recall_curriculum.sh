@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The recall curriculum of harness/training/README.md ("Recall probes"), for one δ-mem variant:
+#   1. copy task (20 code words), write 64 tokens, 400 steps x 4 episodes; repeated (warm start, seed 7,
+#      then 8) while the held-out CE with another history exceeds the own-history CE by less than 0.5 nats,
+#      i.e. while the state does not yet carry the word (SSW's message-mean write needed this)
+#   2. synthetic one-fact dialogues, write 256, 800 x 2, warm start from 1
+#   3. the same data with seed 7, 800 x 2, warm start from 2
+# all at lr 3e-3 (the recipe's 2e-4 learns only the answer form at these step counts), one thread.
+#   nohup bash scripts/recall_curriculum.sh tsw > logs/curriculum_tsw.log 2>&1 &
+# Each stage writes to probes/recall/<variant>_<stage>; a stage whose training.json says "complete" is
+# skipped and an interrupted one resumes from its last checkpoint, so rerunning the script continues.
+set -euo pipefail
+variant=${1:?usage: recall_curriculum.sh tsw|ssw|msw}
+cd "$(dirname "$0")/.."
+root=probes/recall
+data=$root/data/copy20.jsonl
+mkdir -p "$root/data"
+[ -f "$data" ] || gunzip -c reports/training/recall_probe_copy20_msw_lr3e-3/copy20.jsonl.gz > "$data"
+
+run_stage() {  # out_dir, then overrides
+  local out=$1; shift
+  if grep -qs '"status": "complete"' "$out/training.json"; then
+    echo "[curriculum] $(date +%FT%T) $out already complete"; return
+  fi
+  local resume=false
+  ls "$out"/checkpoints/step-* > /dev/null 2>&1 && resume=true
+  echo "[curriculum] $(date +%FT%T) $out start (resume=$resume)"
+  .venv/bin/python -m harness.train method=deltamem_"$variant" out_dir="$out" resume=$resume \
+    train.lr=0.003 run.threads=1 run.progress=false run.keep_checkpoints=1 run.eval_episodes=48 "$@"
+  echo "[curriculum] $(date +%FT%T) $out done"
+}
+
+onefact=(train_data=synthetic train_data.sources.synthetic.conversations=3000
+  train_data.sources.synthetic.questions=1 'train_data.sources.synthetic.items=[1,1]'
+  'train_data.sources.synthetic.small_talk=[0,0]' train.write_length=256 train.read_length=96
+  train.grad_accum=2 train.max_steps=800 run.save_every=100 run.eval_every=200)
+
+recall_gap() {  # other-history minus own-history held-out CE at the end of a finished stage
+  .venv/bin/python -c "import json,sys; d=json.load(open(sys.argv[1]))
+print(d['heldout_ce_other_history_last'] - d['heldout_ce_last'])" "$1/training.json"
+}
+
+copy=(train_data=jsonl train_data.sources.jsonl.path="$data" train.write_length=64 train.read_length=64
+  train.grad_accum=4 train.max_steps=400 run.save_every=100 run.eval_every=100)
+prev=$root/${variant}_copy20
+run_stage "$prev" "${copy[@]}"
+for round in 2 3; do
+  gap=$(recall_gap "$prev")
+  echo "[curriculum] $prev: held-out CE gap, another history vs own, $gap nats"
+  .venv/bin/python -c "import sys; sys.exit(float(sys.argv[1]) >= 0.5)" "$gap" || break
+  run_stage "$root/${variant}_copy20_round$round" method.adapter="$PWD/$prev" seed=$((5 + round)) "${copy[@]}"
+  prev=$root/${variant}_copy20_round$round
+done
+run_stage "$root/${variant}_onefact" method.adapter="$PWD/$prev" "${onefact[@]}"
+run_stage "$root/${variant}_onefact_round2" method.adapter="$PWD/$root/${variant}_onefact" seed=7 "${onefact[@]}"
