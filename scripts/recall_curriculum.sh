@@ -4,7 +4,8 @@
 #      then 8) while the held-out CE with another history exceeds the own-history CE by less than 0.5 nats,
 #      i.e. while the state does not yet carry the word (SSW's message-mean write needed this)
 #   2. synthetic one-fact dialogues, write 256, 800 x 2, warm start from 1
-#   3. the same data with seed 7, 800 x 2, warm start from 2
+#   3. the same data with seed 7, 800 x 2, warm start from 2; repeated (seed 8, then 9) while the one-fact
+#      gap is under 0.1 nats (MSW reached 0.29 after this stage)
 # all at lr 3e-3 (the recipe's 2e-4 learns only the answer form at these step counts), one thread.
 #   nohup bash scripts/recall_curriculum.sh tsw > logs/curriculum_tsw.log 2>&1 &
 # Each stage writes to probes/recall/<variant>_<stage>; a stage whose training.json says "complete" is
@@ -51,5 +52,16 @@ for round in 2 3; do
   run_stage "$root/${variant}_copy20_round$round" method.adapter="$PWD/$prev" seed=$((5 + round)) "${copy[@]}"
   prev=$root/${variant}_copy20_round$round
 done
-run_stage "$root/${variant}_onefact" method.adapter="$PWD/$prev" "${onefact[@]}"
-run_stage "$root/${variant}_onefact_round2" method.adapter="$PWD/$root/${variant}_onefact" seed=7 "${onefact[@]}"
+prev_copy=$prev
+prev=$root/${variant}_onefact
+run_stage "$prev" method.adapter="$PWD/$prev_copy" "${onefact[@]}"
+run_stage "$root/${variant}_onefact_round2" method.adapter="$PWD/$prev" seed=7 "${onefact[@]}"
+prev=$root/${variant}_onefact_round2
+for round in 3 4; do
+  gap=$(recall_gap "$prev")
+  echo "[curriculum] $prev: held-out CE gap, another history vs own, $gap nats"
+  .venv/bin/python -c "import sys; sys.exit(float(sys.argv[1]) >= 0.1)" "$gap" || break
+  run_stage "$root/${variant}_onefact_round$round" method.adapter="$PWD/$prev" seed=$((5 + round)) "${onefact[@]}"
+  prev=$root/${variant}_onefact_round$round
+done
+echo "[curriculum] $(date +%FT%T) last stage: $prev"
