@@ -41,27 +41,25 @@ recall_gap() {  # other-history minus own-history held-out CE at the end of a fi
 print(d['heldout_ce_other_history_last'] - d['heldout_ce_last'])" "$1/training.json"
 }
 
+rounds_until_recall() {  # stage, last round, min gap, overrides: round 1, then rounds 2.. while the gap is small
+  local stage=$1 last=$2 min_gap=$3; shift 3
+  local start=null
+  [ "$prev" = null ] || start=$PWD/$prev
+  run_stage "$stage" method.adapter="$start" "$@"
+  prev=$stage
+  local round gap
+  for round in $(seq 2 "$last"); do
+    gap=$(recall_gap "$prev")
+    echo "[curriculum] $prev: held-out CE gap, another history vs own, $gap nats"
+    .venv/bin/python -c "import sys; sys.exit(float(sys.argv[1]) >= float(sys.argv[2]))" "$gap" "$min_gap" || break
+    run_stage "${stage}_round$round" method.adapter="$PWD/$prev" seed=$((5 + round)) "$@"
+    prev=${stage}_round$round
+  done
+}
+
 copy=(train_data=jsonl train_data.sources.jsonl.path="$data" train.write_length=64 train.read_length=64
   train.grad_accum=4 train.max_steps=400 run.save_every=100 run.eval_every=100)
-prev=$root/${variant}_copy20
-run_stage "$prev" "${copy[@]}"
-for round in 2 3; do
-  gap=$(recall_gap "$prev")
-  echo "[curriculum] $prev: held-out CE gap, another history vs own, $gap nats"
-  .venv/bin/python -c "import sys; sys.exit(float(sys.argv[1]) >= 0.5)" "$gap" || break
-  run_stage "$root/${variant}_copy20_round$round" method.adapter="$PWD/$prev" seed=$((5 + round)) "${copy[@]}"
-  prev=$root/${variant}_copy20_round$round
-done
-prev_copy=$prev
-prev=$root/${variant}_onefact
-run_stage "$prev" method.adapter="$PWD/$prev_copy" "${onefact[@]}"
-run_stage "$root/${variant}_onefact_round2" method.adapter="$PWD/$prev" seed=7 "${onefact[@]}"
-prev=$root/${variant}_onefact_round2
-for round in 3 4; do
-  gap=$(recall_gap "$prev")
-  echo "[curriculum] $prev: held-out CE gap, another history vs own, $gap nats"
-  .venv/bin/python -c "import sys; sys.exit(float(sys.argv[1]) >= 0.1)" "$gap" || break
-  run_stage "$root/${variant}_onefact_round$round" method.adapter="$PWD/$prev" seed=$((5 + round)) "${onefact[@]}"
-  prev=$root/${variant}_onefact_round$round
-done
+prev=null  # the copy stage starts from an untrained memory
+rounds_until_recall "$root/${variant}_copy20" 3 0.5 "${copy[@]}"
+rounds_until_recall "$root/${variant}_onefact" 4 0.1 "${onefact[@]}"
 echo "[curriculum] $(date +%FT%T) last stage: $prev"
