@@ -3,9 +3,8 @@
 #   1. copy task (20 code words), write 64 tokens, 400 steps x 4 episodes; repeated (warm start, seed 7,
 #      then 8) while the held-out CE with another history exceeds the own-history CE by less than 0.5 nats,
 #      i.e. while the state does not yet carry the word (SSW's message-mean write needed this)
-#   2. synthetic one-fact dialogues, write 256, 800 x 2, warm start from 1
-#   3. the same data with seed 7, 800 x 2, warm start from 2; repeated (seed 8, then 9) while the one-fact
-#      gap is under 0.1 nats (MSW reached 0.29 after this stage)
+#   2. synthetic one-fact dialogues, write 256, 800 x 2, warm start from 1; repeated the same way (seed 7,
+#      8, then 9) while the gap is under 0.1 nats (MSW reached 0.29 after its second round)
 # all at lr 3e-3 (the recipe's 2e-4 learns only the answer form at these step counts), one thread.
 #   nohup bash scripts/recall_curriculum.sh tsw > logs/curriculum_tsw.log 2>&1 &
 # Each stage writes to probes/recall/<variant>_<stage>; a stage whose training.json says "complete" is
@@ -23,10 +22,9 @@ run_stage() {  # out_dir, then overrides
   if grep -qs '"status": "complete"' "$out/training.json"; then
     echo "[curriculum] $(date +%FT%T) $out already complete"; return
   fi
-  local resume=false
-  ls "$out"/checkpoints/step-* > /dev/null 2>&1 && resume=true
-  echo "[curriculum] $(date +%FT%T) $out start (resume=$resume)"
-  .venv/bin/python -m harness.train method=deltamem_"$variant" out_dir="$out" resume=$resume \
+  # resume=true: the trainer continues from the last checkpoint, or starts at step 0 when there is none
+  echo "[curriculum] $(date +%FT%T) $out start"
+  .venv/bin/python -m harness.train method=deltamem_"$variant" out_dir="$out" resume=true \
     train.lr=0.003 run.threads=1 run.progress=false run.keep_checkpoints=1 run.eval_episodes=48 "$@"
   echo "[curriculum] $(date +%FT%T) $out done"
 }
