@@ -134,6 +134,13 @@ def test_resume_continues_exactly(tmp_path):
     strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
     assert strip(log_rows(straight)) == strip(log_rows(paused))
     assert strip(log_rows(straight, "eval")) == strip(log_rows(paused, "eval"))
+    # resume=true on a finished run (scripts/recall_curriculum.sh reruns stages) trains nothing more
+    log_before = (paused / LOG_FILE).read_text()
+    again = run_training(train_cfg(paused, "train.max_steps=4", "resume=true", "run.save_every=100"),
+                         load=lambda _: tiny())
+    assert again == done and (paused / LOG_FILE).read_text() == log_before
+    c = weights(paused)
+    assert all(torch.equal(b[k], c[k]) for k in b)
 
 
 def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_existing_checkpoints(tmp_path):
