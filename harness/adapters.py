@@ -8,6 +8,7 @@ of resuming (and silently mixing with) one made with the old weights.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,35 @@ def files_sha256(files: list[Path]) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def shipped_weights_label(backbone: str, method: str, sha256: str | None) -> str | None:
+    """How a record made with ``adapter: shipped`` names its weights once the shipped adapter has changed.
+
+    None while the record's weights are still the ones shipped (or the record predates weight hashes).
+    Otherwise the folder under ``adapters/<backbone>/`` that now holds those weights (a superseded default
+    is kept there, e.g. ``form_only``), or the hash prefix when no folder in this checkout has them, so
+    a table never shows old weights under the current default's name."""
+    folder = SHIPPED_DIR / backbone
+    current = folder / method
+    if sha256 is None or not _weight_files(current) or _stamped_sha256(current) == sha256:
+        return None
+    for candidate in sorted(p for p in folder.rglob("*") if p.is_dir() and p != current):
+        if _weight_files(candidate) and _stamped_sha256(candidate) == sha256:
+            rel = candidate.relative_to(folder)
+            return str(rel.parent if rel.name == method and rel.parent != Path(".") else rel)
+    return f"earlier shipped adapter {sha256[:8]}"
+
+
+def _stamped_sha256(path: Path) -> str:
+    # a report labels every record, so each adapter folder is hashed once while its files stay unchanged
+    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in _weight_files(path))
+    return _sha256_for_stamp(str(path), stamp)
+
+
+@lru_cache(maxsize=64)
+def _sha256_for_stamp(path: str, stamp: tuple) -> str:
+    return weights_sha256(Path(path))
 
 
 def display_path(path: Path) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.adapters import shipped_weights_label
 from harness.records import iter_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,8 +116,9 @@ def method_label(header: dict[str, Any]) -> str | None:
 
     A method with an ``adapter`` setting (δ-mem) is a different row when that adapter is absent
     (``untrained``) or is not the one shipped for the backbone (the adapter folder's name): an
-    untrained memory must never stand in for the trained one in a cell. A control run (``control``) is
-    its own row too."""
+    untrained memory must never stand in for the trained one in a cell. So is a run with weights that were
+    shipped before the current default (``form_only`` when the superseded adapter is kept in that folder).
+    A control run (``control``) is its own row too."""
     method = header.get("method")
     control = header.get("config", {}).get("control")
     suffix = f" (control: {control.replace('_', ' ')})" if control else ""
@@ -127,7 +129,8 @@ def method_label(header: dict[str, Any]) -> str | None:
     if adapter is None:
         return f"{method} (untrained){suffix}"
     if str(adapter).rstrip("/") == f"adapters/{header.get('backbone')}/{method}":
-        return method + suffix
+        superseded = shipped_weights_label(str(header.get("backbone")), method, method_cfg.get("adapter_sha256"))
+        return method + suffix if superseded is None else f"{method} ({superseded}){suffix}"
     return f"{method} ({Path(str(adapter)).name}){suffix}"
 
 

@@ -133,6 +133,33 @@ def test_an_untrained_or_foreign_adapter_is_its_own_row(tmp_path):
     assert "10.00 ± 1.00" in untrained
 
 
+def test_runs_with_a_superseded_shipped_adapter_are_not_shown_as_the_default(tmp_path, monkeypatch):
+    import harness.adapters as adapters
+
+    shipped = tmp_path / "adapters"
+    monkeypatch.setattr(adapters, "SHIPPED_DIR", shipped)
+    for folder, payload in [("tiny/deltamem_msw", b"recall"), ("tiny/form_only/deltamem_msw", b"form")]:
+        (shipped / folder).mkdir(parents=True)
+        (shipped / folder / "deltamem_model.safetensors").write_bytes(payload)
+    sha = {k: adapters.weights_sha256(shipped / f) for k, f in
+           [("now", "tiny/deltamem_msw"), ("kept", "tiny/form_only/deltamem_msw")]}
+    sha["gone"] = "ab" * 32
+    res, out = tmp_path / "results", tmp_path / "reports"
+    write(res, "vanilla", "locomo", "complete", 0.20)
+    for tag, value in [("now", 0.30), ("kept", 0.25), ("gone", 0.15)]:
+        rec = RunRecord(res / "locomo" / "deltamem_msw" / "tiny" / f"seed-42-{tag}")
+        rec.write_header({"status": "complete", "task": "locomo", "method": "deltamem_msw", "backbone": "tiny",
+                          "protocol": "memory", "primary_metric": "f1", "finished": tag,
+                          "config": {"task": {}, "method": {"adapter": "adapters/tiny/deltamem_msw",
+                                                            "adapter_sha256": sha[tag]}},
+                          "metrics": {"overall": {"f1": {"mean": value, "stderr": 0.01, "n": 10}}, "by_category": {}}})
+    build_report(res, out)
+    rows = {l.split(" | ")[0].lstrip("| "): l for l in (out / "main.md").read_text().splitlines() if "| memory |" in l}
+    assert "30.00" in rows["deltamem_msw"]  # the newest record is not what decides the default's cell
+    assert "25.00" in rows["deltamem_msw (form_only)"]
+    assert "15.00" in rows["deltamem_msw (earlier shipped adapter abababab)"]
+
+
 def test_partial_data_stand_ins_and_unavailable_data_are_said(tmp_path, monkeypatch):
     from harness import report
 
