@@ -70,7 +70,7 @@ def shipped_weights_label(backbone: str, method: str, sha256: str | None) -> str
     for candidate in sorted(p for p in folder.rglob("*") if p.is_dir() and p != current):
         if _weight_files(candidate) and _stamped_sha256(candidate) == sha256:
             rel = candidate.relative_to(folder)
-            return str(rel.parent if rel.name == method and rel.parent != Path(".") else rel)
+            return str(rel.parent if rel.name == method else rel)  # current is excluded, so parent is a folder
     return f"earlier shipped adapter {sha256[:8]}"
 
 

@@ -21,6 +21,15 @@ def write(root, method, task, status, value=None, protocol="context", limit=None
     rec.write_header(header)
 
 
+def write_adapter_run(root, tag, method_cfg, value):
+    """A complete δ-mem MSW LoCoMo record (memory protocol) made with the adapter settings ``method_cfg``."""
+    rec = RunRecord(root / "locomo" / "deltamem_msw" / "tiny" / f"seed-42-{tag}")
+    rec.write_header({"status": "complete", "task": "locomo", "method": "deltamem_msw", "backbone": "tiny",
+                      "protocol": "memory", "primary_metric": "f1", "finished": tag,
+                      "config": {"task": {}, "method": method_cfg},
+                      "metrics": {"overall": {"f1": {"mean": value, "stderr": 0.01, "n": 10}}, "by_category": {}}})
+
+
 def test_main_table_ratio_and_missing_cells(tmp_path):
     res, out = tmp_path / "results", tmp_path / "reports"
     write(res, "vanilla", "locomo", "complete", 0.20)
@@ -119,11 +128,7 @@ def test_an_untrained_or_foreign_adapter_is_its_own_row(tmp_path):
     write(res, "vanilla", "locomo", "complete", 0.20)
     for tag, adapter, value in [("shipped", "adapters/tiny/deltamem_msw", 0.30), ("none", None, 0.10),
                                 ("mine", "/runs/my_adapter", 0.25)]:
-        rec = RunRecord(res / "locomo" / "deltamem_msw" / "tiny" / f"seed-42-{tag}")
-        rec.write_header({"status": "complete", "task": "locomo", "method": "deltamem_msw", "backbone": "tiny",
-                          "protocol": "memory", "primary_metric": "f1",
-                          "config": {"task": {}, "method": {"adapter": adapter}}, "finished": tag,
-                          "metrics": {"overall": {"f1": {"mean": value, "stderr": 0.01, "n": 10}}, "by_category": {}}})
+        write_adapter_run(res, tag, {"adapter": adapter}, value)
     build_report(res, out)
     md = (out / "main.md").read_text()
     shipped = next(l for l in md.splitlines() if l.startswith("| deltamem_msw | memory |"))
@@ -147,12 +152,7 @@ def test_runs_with_a_superseded_shipped_adapter_are_not_shown_as_the_default(tmp
     res, out = tmp_path / "results", tmp_path / "reports"
     write(res, "vanilla", "locomo", "complete", 0.20)
     for tag, value in [("now", 0.30), ("kept", 0.25), ("gone", 0.15)]:
-        rec = RunRecord(res / "locomo" / "deltamem_msw" / "tiny" / f"seed-42-{tag}")
-        rec.write_header({"status": "complete", "task": "locomo", "method": "deltamem_msw", "backbone": "tiny",
-                          "protocol": "memory", "primary_metric": "f1", "finished": tag,
-                          "config": {"task": {}, "method": {"adapter": "adapters/tiny/deltamem_msw",
-                                                            "adapter_sha256": sha[tag]}},
-                          "metrics": {"overall": {"f1": {"mean": value, "stderr": 0.01, "n": 10}}, "by_category": {}}})
+        write_adapter_run(res, tag, {"adapter": "adapters/tiny/deltamem_msw", "adapter_sha256": sha[tag]}, value)
     build_report(res, out)
     rows = {l.split(" | ")[0].lstrip("| "): l for l in (out / "main.md").read_text().splitlines() if "| memory |" in l}
     assert "30.00" in rows["deltamem_msw"]  # the newest record is not what decides the default's cell
