@@ -71,9 +71,10 @@ def build_training_data(sources: Sequence[Source], *, heldout_fraction: float, s
         if not episodes:
             raise ConfigError(f"train_data source {src.name!r} produced no usable episode ({stats.as_dict()})")
         tr, ho = split_episodes(episodes, fraction=heldout_fraction, seed=split_seed)
-        train += tr
+        repeat = getattr(src, "repeat", 1)
+        train += tr * repeat
         heldout += ho
-        described.append({**src.describe(), **_counts(stats, tr, ho)})
+        described.append({**src.describe(), **_counts(stats, tr, ho), **({"repeat": repeat} if repeat != 1 else {})})
     return TrainingData(train=train, heldout=heldout, sources=described)
 
 

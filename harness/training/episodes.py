@@ -249,6 +249,11 @@ def tokenize_episode(ep: Episode, renderer: ChatRenderer, *, write_length: int, 
     r_ids, r_owner = renderer.encode(ep.read)
     target = len(ep.read) - 1
     labels = [t if o == target else IGNORE for t, o in zip(r_ids, r_owner)]
+    if ep.metadata.get("open_end"):  # a target cut at a token limit: its end-of-turn tokens are not the truth
+        full = renderer.text(ep.read)
+        content_end = full.rfind(ep.target) + len(ep.target)
+        keep = len(renderer.tokenizer(full[:content_end], add_special_tokens=not renderer.has_template)["input_ids"])
+        labels[keep:] = [IGNORE] * (len(labels) - keep)
     r_drop = max(0, len(r_ids) - read_length)
     return TokenizedEpisode(id=ep.id, source=ep.source, write_ids=tuple(w_ids[w_drop:]),
                             write_message_ids=tuple(w_msg[w_drop:]), read_ids=tuple(r_ids[r_drop:]),

@@ -681,6 +681,12 @@ def build_sources(node: Mapping[str, Any]) -> list:
     for name, spec in sources.items():
         if spec is None:  # a mixture entry switched off with train_data.sources.NAME=null
             continue
+        spec = dict(spec)
+        # repeat: how many times the source's training episodes enter an epoch (a mixture weight that
+        # leaves its held-out split alone)
+        repeat = spec.pop("repeat", 1)
+        if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+            raise ConfigError(f"train_data.sources.{name}.repeat must be an integer >= 1, got {repeat!r}")
         try:
             src = instantiate(spec, _convert_="all")
         except InstantiationException as exc:
@@ -689,6 +695,7 @@ def build_sources(node: Mapping[str, Any]) -> list:
                 raise cause from exc
             raise ConfigError(f"train_data.sources.{name}: {cause}") from exc
         src.name = str(name)
+        src.repeat = repeat
         out.append(src)
     if not out:
         raise ConfigError("train_data.sources: every source is switched off")

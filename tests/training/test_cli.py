@@ -26,7 +26,7 @@ def _train(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 
 def test_train_data_names_are_file_stems():
-    assert {"synthetic", "qasper", "qasper_leval", "squality", "jsonl", "mix"} <= set(DATA_CHOICES)
+    assert {"synthetic", "qasper", "qasper_leval", "squality", "jsonl", "mix", "onefact_self_replies"} <= set(DATA_CHOICES)
     for stem in DATA_CHOICES:
         assert OmegaConf.load(CONF / "train_data" / f"{stem}.yaml").name == stem
 
@@ -53,6 +53,27 @@ def test_offline_sources_instantiate():
             off = build_sources(compose("train", overrides=["train_data=mix", "train_data.sources.squality=null"])
                                 .train_data)
             assert [s.name for s in off] == ["synthetic", "qasper_leval"]
+
+
+def test_repeat_weights_a_source_in_training_only(tmp_path):
+    from harness.errors import ConfigError
+    from harness.training.data import build_training_data
+
+    chats = tmp_path / "chats.jsonl"
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    chats.write_text("".join(json.dumps({"id": f"c{i}", "messages": turns * 2}) + "\n" for i in range(20)))
+
+    def data(repeat):
+        spec = {"_target_": "harness.training.sources.ChatJsonl", "path": str(chats), "repeat": repeat}
+        return build_training_data(build_sources({"sources": {"chats": spec}}), heldout_fraction=0.2, split_seed=0)
+
+    once, thrice = data(1), data(3)
+    assert len(thrice.train) == 3 * len(once.train) == 48
+    assert [e.id for e in thrice.heldout] == [e.id for e in once.heldout]
+    assert thrice.sources[0]["repeat"] == 3 and "repeat" not in once.sources[0]
+    for bad in (0, 1.5, "2"):
+        with pytest.raises(ConfigError, match="sources.chats.repeat must be an integer >= 1"):
+            data(bad)
 
 
 def test_cli_bad_training_file_is_one_line_and_nonzero(tmp_path):
