@@ -1,7 +1,7 @@
 """Evidence that a δ-mem adapter learned: its held-out episodes, trained vs untrained vs no context vs context.
 
     python -m benchmarks.deltamem_heldout ADAPTER_DIR [--limit 100] [--generate] [--no-untrained]
-        [--no-context] [--other-history] [--json out.json]
+        [--no-context] [--other-history] [--source NAME] [--json out.json]
 
 ADAPTER_DIR is a ``python -m harness.train`` output: its ``train_config.yaml`` rebuilds exactly the held-out
 split of every training source (checked against the ids in ``training.json``) and names the backbone.
@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--no-context", action="store_true", help="skip the full-context condition")
     ap.add_argument("--other-history", action="store_true",
                     help="add the control that writes another document's history (recall vs answer form)")
+    ap.add_argument("--source", action="append", default=None,
+                    help="only this training source's held-out episodes (repeatable; default: every source)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -52,7 +54,14 @@ def main() -> None:
         expected = set(json.loads(summary_path.read_text())["heldout_ids"])
         if expected != {e.id for e in data.heldout}:
             sys.exit(f"error: the rebuilt held-out split differs from the one recorded in {summary_path}")
-    episodes = select(data.heldout, args.limit)
+    heldout = data.heldout
+    if args.source:
+        unknown = sorted(set(args.source) - {e.source for e in heldout})
+        if unknown:
+            sys.exit(f"error: --source {', '.join(unknown)}: no held-out episodes of that source in {root} "
+                     f"(sources: {', '.join(sorted({e.source for e in heldout}))})")
+        heldout = [e for e in heldout if e.source in args.source]
+    episodes = select(heldout, args.limit)
     backbone = load_backbone(cfg.backbone)
     adapters = {"trained": str(root)}
     if not args.no_untrained:

@@ -72,8 +72,10 @@ def instructions(n: int, seed: int = 0) -> list[str]:
     return random.Random(seed).sample(unique, n)
 
 
-def _open_text(path: Path, mode: str = "rt") -> Any:
-    return gzip.open(path, mode, encoding="utf-8") if path.suffix == ".gz" else open(path, mode, encoding="utf-8")
+def _open_text(path: Path, mode: str = "rt", *, gz: bool | None = None) -> Any:
+    if path.suffix == ".gz" if gz is None else gz:
+        return gzip.open(path, mode, encoding="utf-8")
+    return open(path, mode, encoding="utf-8")
 
 
 class SelfReplies(Source):
@@ -94,7 +96,11 @@ class SelfReplies(Source):
         if not self.path.is_file():
             raise DataError(self.path, "no such file (build it with python -m harness.training.self_replies)")
         with _open_text(self.path) as f:
-            for n, line in enumerate(f, 1):
+            try:
+                lines = list(f)
+            except (gzip.BadGzipFile, EOFError) as exc:
+                raise DataError(self.path, f"not a readable gzip file ({exc})") from None
+            for n, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
                 try:
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[self_replies] {start + len(chunk)}/{len(order)} prompts, {time.time() - t0:.0f} s", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    with _open_text(tmp, "wt") as f:
+    with _open_text(tmp, "wt", gz=out.suffix == ".gz") as f:
         for i in sorted(rows):
             f.write(json.dumps(rows[i], ensure_ascii=False) + "\n")
     tmp.replace(out)

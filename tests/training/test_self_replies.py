@@ -56,3 +56,10 @@ def test_bad_lines_name_the_line_and_field(tmp_path, line, message):
     p = write_replies(tmp_path / "r.jsonl", [{"id": "a", "instruction": "b", "reply": "c"}, line])
     with pytest.raises(DataError, match=message):
         SelfReplies(str(p)).conversations()
+
+
+def test_a_plain_file_named_gz_is_a_clear_data_error(tmp_path):
+    p = tmp_path / "r.jsonl.gz"
+    p.write_text(json.dumps({"id": "a", "instruction": "b", "reply": "c"}) + "\n")
+    with pytest.raises(DataError, match="not a readable gzip file"):
+        SelfReplies(str(p)).conversations()
