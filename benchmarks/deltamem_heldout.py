@@ -1,7 +1,7 @@
 """Evidence that a δ-mem adapter learned: its held-out episodes, trained vs untrained vs no context vs context.
 
     python -m benchmarks.deltamem_heldout ADAPTER_DIR [--limit 100] [--generate] [--no-untrained]
-        [--no-context] [--other-history] [--source NAME] [--json out.json]
+        [--no-context] [--other-history] [--source NAME] [--vs DIR] [--json out.json]
 
 ADAPTER_DIR is a ``python -m harness.train`` output: its ``train_config.yaml`` rebuilds exactly the held-out
 split of every training source (checked against the ids in ``training.json``) and names the backbone.
@@ -31,6 +31,8 @@ def main() -> None:
                     help="add the control that writes another document's history (recall vs answer form)")
     ap.add_argument("--source", action="append", default=None,
                     help="only this training source's held-out episodes (repeatable; default: every source)")
+    ap.add_argument("--vs", action="append", default=None, metavar="DIR",
+                    help="also run this adapter (e.g. the shipped default) on the same episodes (repeatable)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -64,6 +66,8 @@ def main() -> None:
     episodes = select(heldout, args.limit)
     backbone = load_backbone(cfg.backbone)
     adapters = {"trained": str(root)}
+    for other in args.vs or []:
+        adapters[Path(other).name] = other
     if not args.no_untrained:
         adapters["untrained"] = None
     out = evaluate(backbone, episodes, adapters=adapters, write_length=int(cfg.train.write_length),
