@@ -71,10 +71,10 @@ def build_training_data(sources: Sequence[Source], *, heldout_fraction: float, s
         if not episodes:
             raise ConfigError(f"train_data source {src.name!r} produced no usable episode ({stats.as_dict()})")
         tr, ho = split_episodes(episodes, fraction=heldout_fraction, seed=split_seed)
-        repeat = getattr(src, "repeat", 1)
-        train += tr * repeat
+        train += tr * src.repeat
         heldout += ho
-        described.append({**src.describe(), **_counts(stats, tr, ho), **({"repeat": repeat} if repeat != 1 else {})})
+        described.append({**src.describe(), **_counts(stats, tr, ho),
+                          **({"repeat": src.repeat} if src.repeat != 1 else {})})
     return TrainingData(train=train, heldout=heldout, sources=described)
 
 

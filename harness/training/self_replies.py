@@ -28,11 +28,11 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from harness.errors import ConfigError, DataError
 from harness.training.episodes import Conversation
-from harness.training.sources import Source, data_path, refuse_benchmark_data
+from harness.training.sources import Source, _read_jsonl, _require, data_path, refuse_benchmark_data
 
 TOPICS = (
     "growing tomatoes on a balcony", "the water cycle", "learning to play the guitar", "saving money on groceries",
@@ -75,12 +75,6 @@ def instructions(n: int, seed: int = 0) -> list[str]:
     return random.Random(seed).sample(unique, n)
 
 
-def _open_text(path: Path, mode: str = "rt", *, gz: bool | None = None) -> Any:
-    if path.suffix == ".gz" if gz is None else gz:
-        return gzip.open(path, mode, encoding="utf-8")
-    return open(path, mode, encoding="utf-8")
-
-
 class SelfReplies(Source):
     """Reads a self-replies file: one ``{"id", "instruction", "reply", "stopped"?}`` object per line (``.gz``
     allowed). Each line becomes ``[user: instruction] → write``, ``[user: instruction, assistant: reply] → read``;
@@ -95,29 +89,16 @@ class SelfReplies(Source):
         self.name = name
         self.limit = limit
 
-    def _rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
+    def conversations(self) -> list[Conversation]:
         if not self.path.is_file():
             raise DataError(self.path, "no such file (build it with python -m harness.training.self_replies)")
-        with _open_text(self.path) as f:
-            try:
-                lines = list(f)
-            except (gzip.BadGzipFile, EOFError) as exc:
-                raise DataError(self.path, f"not a readable gzip file ({exc})") from None
-            for n, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(self.path, f"line {n}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-                for key in ("id", "instruction", "reply"):
-                    if not isinstance(row, dict) or not isinstance(row.get(key), str):
-                        raise DataError(self.path, f"line {n}: missing string field {key!r}")
-                yield n, row
-
-    def conversations(self) -> list[Conversation]:
         out = []
-        for n, row in self._rows():
+        for n, row in _read_jsonl(self.path):
+            where = f"line {n}"
+            if not isinstance(row, dict):
+                raise DataError(self.path, f"{where}: expected a JSON object, got {type(row).__name__}")
+            for key in ("id", "instruction", "reply"):
+                _require(self.path, where, row, key, str)
             ask = {"role": "user", "content": row["instruction"]}
             out.append(Conversation(id=f"{self.name}/{row['id']}", source=self.name, group=row["id"],
                                     messages=(ask, ask, {"role": "assistant", "content": row["reply"]}),
@@ -172,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[self_replies] {start + len(chunk)}/{len(order)} prompts, {time.time() - t0:.0f} s", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    with _open_text(tmp, "wt", gz=out.suffix == ".gz") as f:
+    opener = gzip.open if out.suffix == ".gz" else open
+    with opener(tmp, "wt", encoding="utf-8") as f:
         for i in sorted(rows):
             f.write(json.dumps(rows[i], ensure_ascii=False) + "\n")
     tmp.replace(out)

@@ -14,6 +14,7 @@ only the question. Every source refuses the evaluation data of the harness's ben
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import re
@@ -137,16 +138,21 @@ def _layout(chunk_chars: int, system: str | None) -> DocumentLayout:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, object)`` per non-blank line; a ``.gz`` file is decompressed."""
     if not path.is_file():
         raise DataError(path, "no such file")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(path, f"line {n}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        try:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield n, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(path, f"line {n}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except (gzip.BadGzipFile, EOFError) as exc:
+            raise DataError(path, f"not a readable gzip file ({exc})") from None
 
 
 def _require(path: Path, where: str, obj: Any, key: str, kind: type | tuple[type, ...]) -> Any:
@@ -163,6 +169,7 @@ class Source:
     """A named producer of conversations. ``name`` keys the source in logs and the held-out split."""
 
     name: str = "source"
+    repeat: int = 1  # times its training episodes enter an epoch (train_data.sources.NAME.repeat)
 
     def conversations(self) -> list[Conversation]:  # pragma: no cover - interface
         raise NotImplementedError

@@ -49,8 +49,9 @@ def test_a_reply_cut_at_the_limit_has_no_end_of_turn_label(tmp_path, tiny_backbo
 
 @pytest.mark.parametrize("line, message", [
     ("{", "line 2: not valid JSON"),
-    ('{"id": "x", "instruction": "a"}', "line 2: missing string field 'reply'"),
-    ('{"id": 3, "instruction": "a", "reply": "b"}', "line 2: missing string field 'id'"),
+    ('{"id": "x", "instruction": "a"}', "line 2: missing field 'reply'"),
+    ('{"id": 3, "instruction": "a", "reply": "b"}', "line 2: field 'id' must be str, got int"),
+    ('[1]', "line 2: expected a JSON object"),
 ])
 def test_bad_lines_name_the_line_and_field(tmp_path, line, message):
     p = write_replies(tmp_path / "r.jsonl", [{"id": "a", "instruction": "b", "reply": "c"}, line])
