@@ -30,6 +30,9 @@ class BatchHooks(Protocol):
     def on_select(self, rows: torch.Tensor) -> None:
         """Only these row indices stay in the batch from now on."""
 
+    def on_decode(self) -> None:
+        """The prompts are prefilled; every later forward call feeds generated tokens."""
+
 
 @dataclass
 class PrefixCache:
@@ -157,6 +160,8 @@ def generate_batch(model, suffixes: Sequence[Sequence[int]], settings: Generatio
     logits = out.logits[:, -1]
     if prefix is None:
         cache = reserve(cache, b, settings.max_new_tokens)
+    for h in hooks:
+        h.on_decode()
     rows = list(range(b))  # original index of each row still in the batch
     live = torch.ones(b, dtype=torch.bool, device=device)  # rows that have not stopped yet
     results: list[list[int]] = [[] for _ in range(b)]

@@ -118,11 +118,13 @@ def method_label(header: dict[str, Any]) -> str | None:
     (``untrained``) or is not the one shipped for the backbone (the adapter folder's name): an
     untrained memory must never stand in for the trained one in a cell. So is a run with weights that were
     shipped before the current default (``form_only`` when the superseded adapter is kept in that folder).
-    A control run (``control``) is its own row too."""
+    A control run (``control``) is its own row too, and so is a δ-mem run that did not write its generated
+    tokens (``write_generated: false``, a departure from the reference's context protocol)."""
     method = header.get("method")
     control = header.get("config", {}).get("control")
-    suffix = f" (control: {control.replace('_', ' ')})" if control else ""
     method_cfg = header.get("config", {}).get("method", {})
+    suffix = " (generated tokens not written)" if method_cfg.get("write_generated") is False else ""
+    suffix += f" (control: {control.replace('_', ' ')})" if control else ""
     if method is None or "adapter" not in method_cfg:
         return method if method is None else method + suffix
     adapter = method_cfg.get("adapter")

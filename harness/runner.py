@@ -21,6 +21,9 @@ from harness.types import SampleRecord
 
 # Keys that change where/how a run is displayed but never what it computes.
 _NON_SEMANTIC = ("run",)
+# Settings added after records were made, at the value those records ran with: at that value they are
+# left out of the hash, so the older records keep it and still resume or skip.
+_ADDED_AT_DEFAULT = {("method", "write_generated"): True}
 
 
 @dataclass
@@ -36,6 +39,9 @@ def semantic_config(cfg: DictConfig) -> dict[str, Any]:
         data.pop(key, None)
     if data.get("control") is None:  # absent and null are one setting: older records keep their hash
         data.pop("control", None)
+    for (group, key), value in _ADDED_AT_DEFAULT.items():
+        if isinstance(data.get(group), dict) and key in data[group] and data[group][key] == value:
+            del data[group][key]
     return data
 
 

@@ -6,6 +6,8 @@ Protocols (recorded in every run):
   written into the memory while it is prefilled; question and answer tokens are written too. The shared
   context prefix is prefilled once per episode, its state snapshot is expanded to every question of a
   batch (rows are independent, so this equals the reference's reset-per-question loop).
+  ``write_generated=False`` (not the reference) stops writing once decoding starts: the prompt is written,
+  the model's own answer is not, as in training, whose read pass never writes.
 * ``memory`` — history removed: the episode's history (the task's chat-message view of the context) is
   written into the state in window-sized chunks that carry the state forward, then every question is
   answered from a snapshot of that state with only the question in the prompt and writes off.
@@ -32,16 +34,30 @@ from tasks.base import Task
 
 
 class _StateRows:
-    """generate_batch's BatchHooks: keep the per-row memory aligned with the KV cache rows."""
+    """generate_batch's BatchHooks: keep the per-row memory aligned with the KV cache rows.
 
-    def __init__(self, dm: DeltaMem) -> None:
+    Each expansion starts from ``prefix_state`` with the prompt's write setting: a sliding-window backbone
+    decodes the groups of equal-length prompts one after another, and a group must not inherit the rows (or
+    the write switch) the group before it left behind."""
+
+    def __init__(self, dm: DeltaMem, prefix_state: Snapshot, *, prompt_writes: bool,
+                 write_generated: bool = True) -> None:
         self.dm = dm
+        self.prefix_state = prefix_state
+        self.prompt_writes = prompt_writes
+        self.write_generated = write_generated
 
     def on_expand(self, batch_size: int) -> None:
+        self.dm.restore(self.prefix_state)
+        self.dm.write_enabled = self.prompt_writes
         self.dm.state.expand(batch_size)
 
     def on_select(self, rows: torch.Tensor) -> None:
         self.dm.state.select_rows(rows)
+
+    def on_decode(self) -> None:
+        if not self.write_generated:
+            self.dm.write_enabled = False
 
 
 class DeltaMemMethod(Method):
@@ -50,7 +66,7 @@ class DeltaMemMethod(Method):
                  output_init: str = "base_slice_fixed", beta_bias_init: float = -1.5, base_slice_ref_width: int = 8,
                  online_gain: float = 0.05, target_layers: Sequence[int] = (), scan_impl: str = "auto",
                  adapter: str | None = None, chunk_tokens: int | None = None, reuse_prefix: bool = True,
-                 **kw: Any) -> None:
+                 write_generated: bool = True, **kw: Any) -> None:
         kw.setdefault("protocol", "context")
         super().__init__(**kw)
         self.config = DeltaMemConfig(rank=rank, alpha=alpha, num_state_heads=num_state_heads,
@@ -64,6 +80,7 @@ class DeltaMemMethod(Method):
             raise ValueError(f"method {self.name}: chunk_tokens must be > 0, got {chunk_tokens}")
         self.chunk_tokens = chunk_tokens
         self.reuse_prefix = reuse_prefix
+        self.write_generated = bool(write_generated)
         self.dm: DeltaMem | None = None
         self._snapshot: Snapshot | None = None
         self._prompts: EpisodePrompts | None = None
@@ -127,10 +144,11 @@ class DeltaMemMethod(Method):
         dm, bb = self._require()
         if self._prompts is None or self._snapshot is None:
             raise RuntimeError(f"method {self.name}: answer() before ingest()")
-        dm.restore(self._snapshot)  # answers never leak into the next batch's memory
         ctx = self._prompts.context
-        with dm.writes(self.protocol == "context"):
-            preds = answer_batch(bb, self.task, self._prompts, queries, self.seed, hooks=[_StateRows(dm)],
+        writes = self.protocol == "context"
+        rows = _StateRows(dm, self._snapshot, prompt_writes=writes, write_generated=self.write_generated)
+        with dm.writes(writes):  # restores the switch the hooks flip
+            preds = answer_batch(bb, self.task, self._prompts, queries, self.seed, hooks=[rows],
                                  context_tokens=ctx.kept_tokens if ctx else 0)
         dm.restore(self._snapshot)
         for p in preds:
@@ -140,7 +158,7 @@ class DeltaMemMethod(Method):
     def describe(self) -> dict[str, Any]:
         out = {**super().describe(), "variant": self.config.variant, "deltamem": self.config.to_dict(),
                "adapter": display_path(Path(self.adapter)) if self.adapter else None, "reuse_prefix": self.reuse_prefix,
-               "chunk_tokens": self.chunk_tokens}
+               "chunk_tokens": self.chunk_tokens, "write_generated": self.write_generated}
         if self.dm is not None:
             out["trainable_parameters"] = self.dm.num_parameters()
         return out

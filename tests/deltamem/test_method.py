@@ -138,3 +138,105 @@ def test_chat_segments_and_api(backbone):
     answer = ask(dm, tok, [{"role": "user", "content": "What colour is the cat?"}], max_new_tokens=4)
     assert isinstance(answer, str)
     assert all(torch.equal(before.layers[i], dm.snapshot().layers[i]) for i in before.layers)
+
+
+def _context_run(backbone, max_new_tokens, **kw):
+    """The context protocol on the dialogue episode: predictions, the state the answers left behind (before
+    the method restores its snapshot), and the method itself (closed)."""
+    import methods.deltamem.method as method_module
+
+    bb = copy.copy(backbone)
+    bb.model = copy.deepcopy(backbone.model)
+    m = DeltaMemMethod(name="deltamem_tsw", output_init="random", protocol="context", batch_size=3, **kw)
+    m.setup(bb, ToyTask(generation={"max_new_tokens": max_new_tokens, "do_sample": False}), seed=0)
+    after = []
+    real = method_module.answer_batch
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        after.append(m.dm.snapshot())
+        return out
+
+    method_module.answer_batch = spy
+    try:
+        ep = dialogue_episode(QUESTIONS)
+        m.ingest(ep)
+        prompts = {q.id: list(m._prompts.ids[q.id]) for q in ep.queries}
+        preds = m.answer(ep, ep.queries)
+    finally:
+        method_module.answer_batch = real
+    return preds, after[0], prompts, m, bb
+
+
+def test_context_protocol_without_writing_the_answer(backbone):
+    """write_generated=False writes the prompt and not a generated token: the state after five new tokens is the
+    state after the prompt alone (one new token needs no decode step), while the reference setting moves on.
+    Its answers equal a plain one-question loop: prefill with writes on, then greedy decode with writes off."""
+    _, prompt_only, _, _, _ = _context_run(backbone, 1)
+    _, written, _, _, _ = _context_run(backbone, 5)
+    preds, unwritten, prompts, m, bb = _context_run(backbone, 5, write_generated=False)
+    for i, s in prompt_only.layers.items():
+        assert torch.equal(unwritten.layers[i], s)
+        assert (written.layers[i] - s).abs().max() > 1e-6
+    dm, model = m.dm, bb.model
+    with torch.inference_mode():
+        for q, pred in zip(QUESTIONS, preds):
+            qid = f"q{QUESTIONS.index(q)}"
+            dm.reset()
+            with dm.writes(True):
+                out = model(input_ids=torch.tensor([prompts[qid]]), use_cache=True)
+            new, cache = [], out.past_key_values
+            with dm.writes(False):
+                for _ in range(5):
+                    tok = int(out.logits[0, -1].argmax())
+                    if tok in bb.stop_ids:
+                        break
+                    new.append(tok)
+                    out = model(input_ids=torch.tensor([[tok]]), past_key_values=cache, use_cache=True)
+            assert pred.text == bb.decode(new).strip()
+    m.close()
+
+
+@pytest.mark.parametrize("write_generated", [True, False])
+def test_sliding_window_backbone_batched_answers_equal_one_by_one(write_generated):
+    """A sliding-window backbone decodes each group of equal-length questions separately (no padding inside a
+    window); every group must start from the ingested state with prompt writes on, not from the rows the group
+    before it left behind."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from harness.backbone import Backbone
+    from tests.conftest import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(3)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8,
+                           layer_types=["sliding_attention", "full_attention"], max_position_embeddings=512,
+                           tie_word_embeddings=False, attn_implementation="sdpa")
+    model = Gemma3ForCausalLM(cfg).eval()
+    bb = Backbone(name="tiny_gemma3", model=model, tokenizer=tok, device=torch.device("cpu"), dtype=torch.float32,
+                  window=512)
+    with torch.no_grad():  # answers that never stop early, so that every group decodes
+        model.lm_head.weight.mul_(4.0)
+        model.lm_head.weight[sorted(bb.stop_ids)] = 0.0
+    questions = (("Who?", "x"), ("What did Caroline adopt last week?", "y"), ("Where?", "z"),
+                 ("Which painter does Caroline like the most of all?", "w"))
+
+    def answers(batch_size, gain=5.0):
+        b = copy.copy(bb)
+        b.model = copy.deepcopy(model)
+        # a strong memory (large gain) so that a wrong starting state changes the greedy answers
+        m = DeltaMemMethod(name="deltamem_tsw", output_init="random", protocol="context", batch_size=batch_size,
+                           write_generated=write_generated, online_gain=gain, alpha=64.0)
+        m.setup(b, ToyTask(generation={"max_new_tokens": 8, "do_sample": False}), seed=0)
+        ep = dialogue_episode(questions)
+        m.ingest(ep)
+        out = []
+        for i in range(0, len(ep.queries), batch_size):
+            out += [p.text for p in m.answer(ep, ep.queries[i:i + batch_size])]
+        m.close()
+        return out
+
+    one_by_one = answers(1)
+    assert all(one_by_one) and answers(4) == one_by_one
+    assert one_by_one != answers(1, gain=0.0)  # the memory does change these answers

@@ -187,3 +187,15 @@ def test_task_data_problem_names_the_missing_file(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_MAB", str(tmp_path))
     assert "no parquet file for split" in task_data_problem("memoryagentbench")
     assert task_data_problem("locomo") is None  # the packaged copy loads
+
+
+def test_a_run_that_did_not_write_its_answers_is_its_own_row(tmp_path):
+    res, out = tmp_path / "results", tmp_path / "reports"
+    write(res, "vanilla", "locomo", "complete", 0.20)
+    for tag, flag, value in [("written", True, 0.30), ("absent", None, 0.28), ("unwritten", False, 0.25)]:
+        cfg = {"adapter": "adapters/tiny/deltamem_msw", **({} if flag is None else {"write_generated": flag})}
+        write_adapter_run(res, tag, cfg, value)
+    build_report(res, out)
+    rows = {l.split(" | ")[0].lstrip("| "): l for l in (out / "main.md").read_text().splitlines() if "| memory |" in l}
+    assert set(rows) == {"deltamem_msw", "deltamem_msw (generated tokens not written)"}
+    assert "25.00" in rows["deltamem_msw (generated tokens not written)"]

@@ -88,3 +88,22 @@ def test_greedy_runs_are_bit_reproducible(tmp_path, tiny_backbone):
     strip = lambda p: [{k: v for k, v in json.loads(l).items() if k != "latency_s"}
                        for l in (p / "samples.jsonl").read_text().splitlines()]
     assert strip(a.path) == strip(b.path)
+
+
+def test_a_setting_added_at_its_old_behaviour_keeps_older_records_hashes():
+    """``method.write_generated`` came after records were made: at true (what they did) the hash is the one of a
+    config without the key, so they still resume and skip; false is another record."""
+    from omegaconf import open_dict
+
+    from harness.records import config_hash
+    from harness.runner import semantic_config
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        new = compose("config", overrides=["method=deltamem_msw", "task=ifeval"])
+        off = compose("config", overrides=["method=deltamem_msw", "task=ifeval", "method.write_generated=false"])
+    old = new.copy()
+    with open_dict(old):
+        del old.method["write_generated"]
+    assert new.method.write_generated is True
+    assert config_hash(semantic_config(new)) == config_hash(semantic_config(old))
+    assert config_hash(semantic_config(off)) != config_hash(semantic_config(old))
