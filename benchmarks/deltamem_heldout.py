@@ -1,7 +1,7 @@
 """Evidence that a δ-mem adapter learned: its held-out episodes, trained vs untrained vs no context vs context.
 
     python -m benchmarks.deltamem_heldout ADAPTER_DIR [--limit 100] [--generate] [--no-untrained]
-        [--no-context] [--other-history] [--source NAME] [--vs DIR] [--json out.json]
+        [--no-context] [--other-history] [--kl] [--source NAME] [--vs DIR] [--json out.json]
 
 ADAPTER_DIR is a ``python -m harness.train`` output: its ``train_config.yaml`` rebuilds exactly the held-out
 split of every training source (checked against the ids in ``training.json``) and names the backbone.
@@ -9,7 +9,9 @@ Reports, per condition, the mean target-token cross-entropy (and greedy-answer t
 with bootstrap 95% intervals over documents, and the paired gain of each δ-mem condition over ``nocontext``.
 ``--other-history`` adds the control that writes another document's history into the same adapter: the gap
 to it (CE, and with ``--generate`` the share of answers holding the episode's key value) is what the memory
-recalls, as opposed to what the adapter learned about the answers' form.
+recalls, as opposed to what the adapter learned about the answers' form. ``--kl`` adds each adapter's KL
+divergence from the bare backbone's next-token distributions on the target positions (e.g. on the
+self-replies, where it should stay at the backbone: near 0).
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ def main() -> None:
     ap.add_argument("--no-context", action="store_true", help="skip the full-context condition")
     ap.add_argument("--other-history", action="store_true",
                     help="add the control that writes another document's history (recall vs answer form)")
+    ap.add_argument("--kl", action="store_true",
+                    help="add each adapter's KL divergence from the bare backbone on the target positions")
     ap.add_argument("--source", action="append", default=None,
                     help="only this training source's held-out episodes (repeatable; default: every source)")
     ap.add_argument("--vs", action="append", default=None, metavar="DIR",
@@ -73,11 +77,12 @@ def main() -> None:
     out = evaluate(backbone, episodes, adapters=adapters, write_length=int(cfg.train.write_length),
                    read_length=int(cfg.train.read_length),
                    conditions=("nocontext",) if args.no_context else ("nocontext", "context"),
-                   generate=args.generate, max_new_tokens=args.max_new_tokens, other_history=args.other_history)
+                   generate=args.generate, max_new_tokens=args.max_new_tokens, other_history=args.other_history, kl=args.kl)
     out["adapter"] = str(root)
     for name, row in out["conditions"].items():
         extra = "".join(f"  {label} {row[m]:.3f} [{row[m + '_ci95'][0]:.3f}, {row[m + '_ci95'][1]:.3f}]"
-                        for m, label in (("f1", "F1"), ("evidence", "key value")) if m in row)
+                        for m, label in (("kl_to_bare", "KL to bare"), ("f1", "F1"), ("evidence", "key value"))
+                        if m in row)
         print(f"{name:<24} CE {row['ce']:.3f} [{row['ce_ci95'][0]:.3f}, {row['ce_ci95'][1]:.3f}]{extra}")
     for name, row in out["vs_nocontext"].items():
         verdict = "BEATS" if row["beats_nocontext"] else "does not beat"

@@ -72,6 +72,7 @@ class TokenizedEpisode:
     labels: tuple[int, ...]             # IGNORE except on the target span
     write_dropped: int = 0              # tokens removed by left truncation
     read_dropped: int = 0
+    distill: bool = False               # loss: KL to the bare backbone on the labelled positions, not CE
 
     @property
     def num_target_tokens(self) -> int:
@@ -257,4 +258,5 @@ def tokenize_episode(ep: Episode, renderer: ChatRenderer, *, write_length: int, 
     r_drop = max(0, len(r_ids) - read_length)
     return TokenizedEpisode(id=ep.id, source=ep.source, write_ids=tuple(w_ids[w_drop:]),
                             write_message_ids=tuple(w_msg[w_drop:]), read_ids=tuple(r_ids[r_drop:]),
-                            labels=tuple(labels[r_drop:]), write_dropped=w_drop, read_dropped=r_drop)
+                            labels=tuple(labels[r_drop:]), write_dropped=w_drop, read_dropped=r_drop,
+                            distill=bool(ep.metadata.get("distill")))

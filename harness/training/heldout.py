@@ -37,17 +37,24 @@ from harness.training.sources import stable_hash
 class ConditionResult:
     name: str
     ce: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)  # KL from the bare backbone on the target positions
     f1: list[float] = field(default_factory=list)
     evidence: list[float] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)
 
 
-def _target_ce(model, ids: Sequence[int], labels: Sequence[int], device: torch.device) -> float:
+def _target_logp(model, ids: Sequence[int], labels: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of the next token at every labelled position, and the labels there."""
     x = torch.tensor([list(ids)], device=device)
     lab = torch.tensor(list(labels), device=device)
     pos = (lab[1:] != IGNORE).nonzero().squeeze(-1)
     out = model(input_ids=x, use_cache=False, logits_to_keep=pos)
-    return float(F.cross_entropy(out.logits[0].float(), lab[pos + 1]))
+    return F.log_softmax(out.logits[0].float(), dim=-1), lab[pos + 1]
+
+
+def _kl(bare_logp: torch.Tensor, logp: torch.Tensor) -> float:
+    """KL(bare ‖ model), mean over the positions."""
+    return float(F.kl_div(logp, bare_logp, log_target=True, reduction="sum")) / max(1, logp.shape[0])
 
 
 def _greedy(model, prompt: Sequence[int], *, device: torch.device, max_new_tokens: int, stop: set[int]) -> list[int]:
@@ -111,11 +118,13 @@ def select(episodes: Sequence[Episode], limit: int | None, seed: int = 0) -> lis
 @torch.no_grad()
 def evaluate(backbone, episodes: Sequence[Episode], *, adapters: dict[str, str | None], write_length: int,
              read_length: int = 512, conditions: Sequence[str] = ("nocontext", "context"), generate: bool = False,
-             max_new_tokens: int = 48, seed: int = 0, other_history: bool = False,
+             max_new_tokens: int = 48, seed: int = 0, other_history: bool = False, kl: bool = False,
              progress: bool = True) -> dict[str, Any]:
     """Run every condition on ``episodes``; ``adapters`` maps a name to an adapter dir (None: untrained,
     built with the config of the first adapter that has a path). ``other_history`` adds, for every adapter
-    with a path, the control that writes another document's history."""
+    with a path, the control that writes another document's history. ``kl`` adds, for every memory
+    condition, the KL divergence of its target-position distributions from the bare backbone's (question
+    only): how far the adapter moves the backbone where it was meant to leave it alone."""
     from tqdm import tqdm
 
     from methods.deltamem import DeltaMemConfig, attach
@@ -162,8 +171,12 @@ def evaluate(backbone, episodes: Sequence[Episode], *, adapters: dict[str, str |
                     ids, labels = list(tok.read_ids), list(tok.labels)
                     prompt = backbone.chat_ids(list(ep.read[:-1]))
                 ctx = contextlib.nullcontext()
+                bare_logp = None
                 if dm is not None:
                     dm.reset()
+                    if kl:  # an empty state is inert: the bare backbone
+                        with dm.writes(False):
+                            bare_logp, _ = _target_logp(model, ids, labels, device)
                     if dm.config.write_granularity != "token":
                         dm.set_segment_ids(torch.tensor([list(written.write_message_ids)], device=device))
                     with dm.writes(True):
@@ -171,7 +184,10 @@ def evaluate(backbone, episodes: Sequence[Episode], *, adapters: dict[str, str |
                               logits_to_keep=1)
                     ctx = dm.writes(False)
                 with ctx:
-                    res.ce.append(_target_ce(model, ids, labels, device))
+                    logp, target = _target_logp(model, ids, labels, device)
+                    res.ce.append(float(F.nll_loss(logp, target)))
+                    if bare_logp is not None:
+                        res.kl.append(_kl(bare_logp, logp))
                     if generate:
                         answer = backbone.decode(_greedy(model, prompt, device=device, max_new_tokens=max_new_tokens,
                                                          stop=stop)).strip()
@@ -204,6 +220,8 @@ def summarise(results: dict[str, ConditionResult], episodes: Sequence[Episode]) 
                            "vs_other_history": {}}
     for name, res in results.items():
         row: dict[str, Any] = {"ce": mean(res.ce), "ce_ci95": list(bootstrap_ci(res.ce, groups))}
+        if res.kl:
+            row.update(kl_to_bare=mean(res.kl), kl_to_bare_ci95=list(bootstrap_ci(res.kl, groups)))
         if res.f1:
             row.update(f1=mean(res.f1), f1_ci95=list(bootstrap_ci(res.f1, groups)))
         if res.evidence:

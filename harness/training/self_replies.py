@@ -81,9 +81,16 @@ class SelfReplies(Source):
     ``"stopped": false`` (cut at the token limit) leaves the reply's end-of-turn tokens unlabelled.
     """
 
-    def __init__(self, path: str, name: str = "self_replies", limit: int | None = None) -> None:
+    OBJECTIVES = ("tokens", "distill")
+
+    def __init__(self, path: str, name: str = "self_replies", limit: int | None = None,
+                 objective: str = "tokens") -> None:
         if not path:
             raise ConfigError("train_data source self_replies needs path=/file.jsonl[.gz]")
+        if objective not in self.OBJECTIVES:
+            raise ConfigError(f"train_data source {name}: objective must be one of {', '.join(self.OBJECTIVES)}, "
+                              f"got {objective!r}")
+        self.objective = objective
         self.path = data_path(path)
         refuse_benchmark_data(self.path)
         self.name = name
@@ -102,13 +109,14 @@ class SelfReplies(Source):
             ask = {"role": "user", "content": row["instruction"]}
             out.append(Conversation(id=f"{self.name}/{row['id']}", source=self.name, group=row["id"],
                                     messages=(ask, ask, {"role": "assistant", "content": row["reply"]}),
-                                    metadata={"line": n, "open_end": row.get("stopped") is False}))
+                                    metadata={"line": n, "open_end": row.get("stopped") is False,
+                                              **({"distill": True} if self.objective == "distill" else {})}))
             if self.limit is not None and len(out) >= self.limit:
                 break
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "path": str(self.path)}
+        return {**super().describe(), "path": str(self.path), "objective": self.objective}
 
 
 def main(argv: list[str] | None = None) -> None:

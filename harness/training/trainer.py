@@ -190,6 +190,11 @@ class EpisodeResult:
     target_tokens: int
     write_tokens: int
     read_tokens: int
+    kl_sum: float | None = None  # distilled episodes: KL(bare backbone ‖ model) summed over the target positions
+
+    @property
+    def objective_sum(self) -> float:
+        return self.ce_sum if self.kl_sum is None else self.kl_sum
 
 
 def _model_call(model, ids: torch.Tensor, keep):
@@ -225,13 +230,24 @@ def _detached_memory_inputs(model):
 def episode_backward(model, dm, ep: TokenizedEpisode, *, device: torch.device, write_chunk: int,
                      group_target_tokens: int, group_size: int, sparsity_weight: float, sparsity_target: float,
                      probe: BetaProbe | None, autocast: Callable[[], Any]) -> EpisodeResult:
-    """Write, read, loss, backward for one episode; gradients accumulate into the δ-mem parameters."""
+    """Write, read, loss, backward for one episode; gradients accumulate into the δ-mem parameters.
+
+    The loss is the CE of the target tokens, or for a distilled episode (``ep.distill``) the KL divergence
+    from the bare backbone's next-token distribution at the same positions: the adapter is taught to leave
+    the backbone's whole distribution alone there, not to sharpen it onto one reply."""
     segmented = dm.config.write_granularity != "token"
     dm.reset()
     write = torch.tensor(ep.write_ids, dtype=torch.long, device=device).unsqueeze(0)
     seg = torch.tensor(ep.write_message_ids, dtype=torch.long, device=device).unsqueeze(0)
     # SSW in one call reads only the empty state: the backbone's write pass needs no backward (see above)
     shortcut = segmented and write.shape[1] <= write_chunk
+    bare_logp = None
+    if ep.distill:  # an empty state is inert: this read is the bare backbone's
+        labels = torch.tensor(ep.labels, dtype=torch.long, device=device)
+        positions = (labels[1:] != IGNORE).nonzero().squeeze(-1)
+        read = torch.tensor(ep.read_ids, dtype=torch.long, device=device).unsqueeze(0)
+        with torch.no_grad(), autocast(), dm.writes(False):
+            bare_logp = F.log_softmax(_model_call(model, read, positions).logits[0].float(), dim=-1)
     with autocast():
         with dm.writes(True), (_detached_memory_inputs(model) if shortcut else contextlib.nullcontext()):
             for start in range(0, write.shape[1], write_chunk):
@@ -245,7 +261,10 @@ def episode_backward(model, dm, ep: TokenizedEpisode, *, device: torch.device, w
             out = _model_call(model, read, positions)
         logits = out.logits[0].float()
         ce_sum = F.cross_entropy(logits, labels[positions + 1], reduction="sum")
-        loss = ce_sum / max(1, group_target_tokens)
+        kl_sum = None
+        if bare_logp is not None:
+            kl_sum = F.kl_div(F.log_softmax(logits, dim=-1), bare_logp, log_target=True, reduction="sum")
+        loss = (ce_sum if kl_sum is None else kl_sum) / max(1, group_target_tokens)
         sparsity = torch.zeros((), device=device)
         if sparsity_weight > 0 and probe is not None and probe.means:
             sparsity = torch.stack([(m - sparsity_target) ** 2 for m in probe.means]).mean()
@@ -254,7 +273,7 @@ def episode_backward(model, dm, ep: TokenizedEpisode, *, device: torch.device, w
     dm.reset()  # drop the graph-holding state tensors
     return EpisodeResult(ce_sum=float(ce_sum.detach()), sparsity=float(sparsity.detach()),
                          target_tokens=int(positions.numel()), write_tokens=len(ep.write_ids),
-                         read_tokens=len(ep.read_ids))
+                         read_tokens=len(ep.read_ids), kl_sum=None if kl_sum is None else float(kl_sum.detach()))
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -476,9 +495,13 @@ class Trainer:
         tokens = sum(r.write_tokens + r.read_tokens for r in results)
         self.tokens += tokens
         ce = sum(r.ce_sum for r in results) / max(1, n_target)
+        objective = sum(r.objective_sum for r in results) / max(1, n_target)
+        distilled = [r for r in results if r.kl_sum is not None]
+        kl = sum(r.kl_sum for r in distilled) / max(1, sum(r.target_tokens for r in distilled)) if distilled else None
         sparsity = sum(r.sparsity for r in results) / len(results)
         return {"kind": "train", "step": self.step, "position": self.position, "epoch": round(self.position / len(self.data.train), 4),
-                "loss": ce + s.sparsity_weight * sparsity, "ce": ce, "sparsity": sparsity, "lr": lr,
+                "loss": objective + s.sparsity_weight * sparsity, "ce": ce, "kl_distilled": kl,
+                "distilled_episodes": len(distilled), "sparsity": sparsity, "lr": lr,
                 "grad_norm": float(grad_norm), "target_tokens": n_target, "tokens": tokens,
                 "write_tokens": sum(r.write_tokens for r in results),
                 "write_dropped": sum(ep.write_dropped for ep in group),

@@ -146,3 +146,17 @@ def test_training_learns_recall_not_only_answer_form(tmp_path):
     ev = [json.loads(l) for l in (tmp_path / "run" / LOG_FILE).read_text().splitlines() if '"eval"' in l][-1]
     assert ev["step"] == 300 and ev["heldout_ce"] < 0.5 * ev["heldout_ce_nocontext"]
     assert ev["heldout_ce_other_history"] - ev["heldout_ce"] > 0.15, ev
+
+
+def test_kl_to_the_bare_backbone_per_memory_condition(tmp_path):
+    """--kl: the untrained memory (correction heads near zero) barely moves the backbone, a trained one more;
+    both are measured against the bare backbone's distributions, so no condition can go below 0."""
+    bb = tiny()
+    run_training(train_cfg(tmp_path, "train.max_steps=2", "train.lr=0.01"), load=lambda _: bb)
+    bb.model._deltamem.detach()
+    data = build_training_data([SyntheticMemory(conversations=8, questions=2)], heldout_fraction=0.25, split_seed=42)
+    out = evaluate(bb, data.heldout[:3], adapters={"trained": str(tmp_path), "untrained": None}, write_length=96,
+                   read_length=64, conditions=("nocontext",), kl=True, progress=False)
+    rows = out["conditions"]
+    assert "kl_to_bare" not in rows["nocontext"]
+    assert 0 <= rows["memory:untrained"]["kl_to_bare"] < rows["memory:trained"]["kl_to_bare"]

@@ -64,3 +64,15 @@ def test_a_plain_file_named_gz_is_a_clear_data_error(tmp_path):
     p.write_text(json.dumps({"id": "a", "instruction": "b", "reply": "c"}) + "\n")
     with pytest.raises(DataError, match="not a readable gzip file"):
         SelfReplies(str(p)).conversations()
+
+
+def test_distill_objective_marks_the_episodes_and_a_bad_one_is_refused(tmp_path, tiny_backbone):
+    from harness.errors import ConfigError
+
+    p = write_replies(tmp_path / "r.jsonl", [{"id": "r1", "instruction": "Describe rain.", "reply": "Wet."}])
+    renderer = ChatRenderer.for_backbone(tiny_backbone)
+    for objective, distill in (("tokens", False), ("distill", True)):
+        (ep,), _ = make_episodes(SelfReplies(str(p), objective=objective).conversations())
+        assert tokenize_episode(ep, renderer, write_length=64, read_length=64).distill is distill
+    with pytest.raises(ConfigError, match="objective must be one of tokens, distill, got 'kl'"):
+        SelfReplies(str(p), objective="kl")
