@@ -676,7 +676,9 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> None:
         ax.axhline(evals[-1]["heldout_ce_nocontext"], color="tab:red", linestyle="--", linewidth=1,
                    label="held-out, no memory")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("target-token cross-entropy")
+    distilled = any(r.get("kl_distilled") is not None for r in rows)
+    ax.set_ylabel("target-token CE (distilled episodes: KL to the backbone)" if distilled
+                  else "target-token cross-entropy")
     ax.grid(alpha=0.3)
     lr_ax = ax.twinx()
     lr_ax.plot(steps, [r["lr"] for r in rows], color="tab:orange", linewidth=1, label="learning rate")
