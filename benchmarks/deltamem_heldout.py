@@ -1,7 +1,7 @@
 """Evidence that a δ-mem adapter learned: its held-out episodes, trained vs untrained vs no context vs context.
 
     python -m benchmarks.deltamem_heldout ADAPTER_DIR [--limit 100] [--generate] [--no-untrained]
-        [--no-context] [--other-history] [--kl] [--source NAME] [--vs DIR] [--json out.json]
+        [--no-context] [--other-history] [--kl] [--online] [--source NAME] [--vs DIR] [--json out.json]
 
 ADAPTER_DIR is a ``python -m harness.train`` output: its ``train_config.yaml`` rebuilds exactly the held-out
 split of every training source (checked against the ids in ``training.json``) and names the backbone.
@@ -11,7 +11,9 @@ with bootstrap 95% intervals over documents, and the paired gain of each δ-mem 
 to it (CE, and with ``--generate`` the share of answers holding the episode's key value) is what the memory
 recalls, as opposed to what the adapter learned about the answers' form. ``--kl`` adds each adapter's KL
 divergence from the bare backbone's next-token distributions on the target positions (e.g. on the
-self-replies, where it should stay at the backbone: near 0).
+self-replies, where it should stay at the backbone: near 0). ``--online`` runs the δ-mem conditions as the
+context protocol does at evaluation time (the read sequence prefilled with writes on, from an empty state)
+instead of the training protocol (history written first, then read with writes off).
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ def main() -> None:
                     help="add the control that writes another document's history (recall vs answer form)")
     ap.add_argument("--kl", action="store_true",
                     help="add each adapter's KL divergence from the bare backbone on the target positions")
+    ap.add_argument("--online", action="store_true",
+                    help="memory conditions in the context protocol: the read prefilled with writes on, no write pass")
     ap.add_argument("--source", action="append", default=None,
                     help="only this training source's held-out episodes (repeatable; default: every source)")
     ap.add_argument("--vs", action="append", default=None, metavar="DIR",
@@ -77,7 +81,8 @@ def main() -> None:
     out = evaluate(backbone, episodes, adapters=adapters, write_length=int(cfg.train.write_length),
                    read_length=int(cfg.train.read_length),
                    conditions=("nocontext",) if args.no_context else ("nocontext", "context"),
-                   generate=args.generate, max_new_tokens=args.max_new_tokens, other_history=args.other_history, kl=args.kl)
+                   generate=args.generate, max_new_tokens=args.max_new_tokens, other_history=args.other_history, kl=args.kl,
+                   online=args.online)
     out["adapter"] = str(root)
     for name, row in out["conditions"].items():
         extra = "".join(f"  {label} {row[m]:.3f} [{row[m + '_ci95'][0]:.3f}, {row[m + '_ci95'][1]:.3f}]"

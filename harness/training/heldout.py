@@ -119,12 +119,16 @@ def select(episodes: Sequence[Episode], limit: int | None, seed: int = 0) -> lis
 def evaluate(backbone, episodes: Sequence[Episode], *, adapters: dict[str, str | None], write_length: int,
              read_length: int = 512, conditions: Sequence[str] = ("nocontext", "context"), generate: bool = False,
              max_new_tokens: int = 48, seed: int = 0, other_history: bool = False, kl: bool = False,
-             progress: bool = True) -> dict[str, Any]:
+             online: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run every condition on ``episodes``; ``adapters`` maps a name to an adapter dir (None: untrained,
     built with the config of the first adapter that has a path). ``other_history`` adds, for every adapter
     with a path, the control that writes another document's history. ``kl`` adds, for every memory
     condition, the KL divergence of its target-position distributions from the bare backbone's (question
-    only): how far the adapter moves the backbone where it was meant to leave it alone."""
+    only): how far the adapter moves the backbone where it was meant to leave it alone. ``online`` runs the
+    memory conditions in the context protocol instead: no write pass, the read sequence is prefilled with
+    writes on from an empty state, so every position reads the state its own prefix wrote (the target's
+    tokens included, as ``write_generated`` decoding does); with ``generate``, the greedy answer is decoded
+    the same way."""
     from tqdm import tqdm
 
     from methods.deltamem import DeltaMemConfig, attach
@@ -137,8 +141,10 @@ def evaluate(backbone, episodes: Sequence[Episode], *, adapters: dict[str, str |
     results: dict[str, ConditionResult] = {}
     base_config = next((read_config(p) for p in adapters.values() if p), DeltaMemConfig.tsw())
     plan: list[tuple[str, str | None, bool, bool]] = [(c, None, False, False) for c in conditions]
+    if online and other_history:
+        raise ValueError("online reads write their own prefix: there is no other history to swap in")
     for name, path in adapters.items():
-        plan.append((f"memory:{name}", path, True, False))
+        plan.append((f"memory:{name}:online" if online else f"memory:{name}", path, True, False))
         if other_history and path:
             plan.append((f"memory:{name}:other", path, True, True))
     donors = other_history_donors(episodes) if other_history else None
@@ -177,18 +183,28 @@ def evaluate(backbone, episodes: Sequence[Episode], *, adapters: dict[str, str |
                     if kl:  # an empty state is inert: the bare backbone
                         with dm.writes(False):
                             bare_logp, _ = _target_logp(model, ids, labels, device)
-                    if dm.config.write_granularity != "token":
-                        dm.set_segment_ids(torch.tensor([list(written.write_message_ids)], device=device))
-                    with dm.writes(True):
-                        model(input_ids=torch.tensor([list(written.write_ids)], device=device), use_cache=False,
-                              logits_to_keep=1)
-                    ctx = dm.writes(False)
+                    segmented = dm.config.write_granularity != "token"
+                    if online:
+                        if segmented:
+                            dm.set_segment_ids(torch.tensor([list(tok.read_message_ids)], device=device))
+                        ctx = dm.writes(True)
+                    else:
+                        if segmented:
+                            dm.set_segment_ids(torch.tensor([list(written.write_message_ids)], device=device))
+                        with dm.writes(True):
+                            model(input_ids=torch.tensor([list(written.write_ids)], device=device),
+                                  use_cache=False, logits_to_keep=1)
+                        ctx = dm.writes(False)
                 with ctx:
                     logp, target = _target_logp(model, ids, labels, device)
                     res.ce.append(float(F.nll_loss(logp, target)))
                     if bare_logp is not None:
                         res.kl.append(_kl(bare_logp, logp))
                     if generate:
+                        if online:  # the prompt alone, written as it is prefilled
+                            if segmented:
+                                raise ValueError("online generation needs token-granularity writes (TSW, MSW)")
+                            dm.reset()
                         answer = backbone.decode(_greedy(model, prompt, device=device, max_new_tokens=max_new_tokens,
                                                          stop=stop)).strip()
                         res.answers.append(answer)

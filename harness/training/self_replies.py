@@ -5,8 +5,8 @@ it everywhere: on IFEval the MSW recall adapter answered with a median of 22 tok
 writes 233, and lost 11 points. Mixing in episodes whose target is what the *bare backbone* says keeps the
 corrections near zero wherever the memory has nothing to add (a self-distillation anchor).
 
-An episode writes the instruction into the state and reads it again with the reply as target, which is what
-the context protocol does at evaluation time (the prompt is written while it is prefilled).
+An episode writes the instruction into the state and reads it again with the reply as target; with
+``protocol="online"`` it is instead read once with writes on, as the context protocol prefills a prompt.
 
 Build the file once per backbone (greedy decoding). A reply cut at the token limit is kept (dropping them
 would keep only the short ones, and SmolLM2 mostly writes long answers) but marked ``"stopped": false``: its
@@ -79,18 +79,29 @@ class SelfReplies(Source):
     """Reads a self-replies file: one ``{"id", "instruction", "reply", "stopped"?}`` object per line (``.gz``
     allowed). Each line becomes ``[user: instruction] → write``, ``[user: instruction, assistant: reply] → read``;
     ``"stopped": false`` (cut at the token limit) leaves the reply's end-of-turn tokens unlabelled.
+    ``objective``: ``tokens`` (CE of the reply) or ``distill`` (KL to the bare backbone at the reply's
+    positions). ``protocol``: ``written`` (the instruction written, then the read with writes off — the
+    training protocol) or ``online`` (no write pass: the read is prefilled with writes on, reply included,
+    which is what the context protocol does at evaluation time with ``write_generated``). The distilled
+    MSW adapter trained ``written`` was inert there (KL 0.005) but not on IFEval, where the prompt is
+    written while it is read: its first answer token differed from the bare backbone's on most prompts.
     """
 
     OBJECTIVES = ("tokens", "distill")
+    PROTOCOLS = ("written", "online")
 
     def __init__(self, path: str, name: str = "self_replies", limit: int | None = None,
-                 objective: str = "tokens") -> None:
+                 objective: str = "tokens", protocol: str = "written") -> None:
         if not path:
             raise ConfigError("train_data source self_replies needs path=/file.jsonl[.gz]")
         if objective not in self.OBJECTIVES:
             raise ConfigError(f"train_data source {name}: objective must be one of {', '.join(self.OBJECTIVES)}, "
                               f"got {objective!r}")
+        if protocol not in self.PROTOCOLS:
+            raise ConfigError(f"train_data source {name}: protocol must be one of {', '.join(self.PROTOCOLS)}, "
+                              f"got {protocol!r}")
         self.objective = objective
+        self.protocol = protocol
         self.path = data_path(path)
         refuse_benchmark_data(self.path)
         self.name = name
@@ -110,13 +121,15 @@ class SelfReplies(Source):
             out.append(Conversation(id=f"{self.name}/{row['id']}", source=self.name, group=row["id"],
                                     messages=(ask, ask, {"role": "assistant", "content": row["reply"]}),
                                     metadata={"line": n, "open_end": row.get("stopped") is False,
-                                              **({"distill": True} if self.objective == "distill" else {})}))
+                                              **({"distill": True} if self.objective == "distill" else {}),
+                                              **({"online": True} if self.protocol == "online" else {})}))
             if self.limit is not None and len(out) >= self.limit:
                 break
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "path": str(self.path), "objective": self.objective}
+        return {**super().describe(), "path": str(self.path), "objective": self.objective,
+                **({"protocol": self.protocol} if self.protocol != "written" else {})}
 
 
 def main(argv: list[str] | None = None) -> None:

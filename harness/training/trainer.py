@@ -234,7 +234,8 @@ def episode_backward(model, dm, ep: TokenizedEpisode, *, device: torch.device, w
 
     The loss is the CE of the target tokens, or for a distilled episode (``ep.distill``) the KL divergence
     from the bare backbone's next-token distribution at the same positions: the adapter is taught to leave
-    the backbone's whole distribution alone there, not to sharpen it onto one reply."""
+    the backbone's whole distribution alone there, not to sharpen it onto one reply. An online episode
+    (``ep.online``) has no write pass: its read runs with writes on from the empty state."""
     segmented = dm.config.write_granularity != "token"
     dm.reset()
     write = torch.tensor(ep.write_ids, dtype=torch.long, device=device).unsqueeze(0)
@@ -249,15 +250,19 @@ def episode_backward(model, dm, ep: TokenizedEpisode, *, device: torch.device, w
         with torch.no_grad(), autocast(), dm.writes(False):
             bare_logp = F.log_softmax(_model_call(model, read, positions).logits[0].float(), dim=-1)
     with autocast():
-        with dm.writes(True), (_detached_memory_inputs(model) if shortcut else contextlib.nullcontext()):
-            for start in range(0, write.shape[1], write_chunk):
-                if segmented:
-                    dm.set_segment_ids(seg[:, start:start + write_chunk])
-                _model_call(model, write[:, start:start + write_chunk], 1)
+        if not ep.online:
+            with dm.writes(True), (_detached_memory_inputs(model) if shortcut else contextlib.nullcontext()):
+                for start in range(0, write.shape[1], write_chunk):
+                    if segmented:
+                        dm.set_segment_ids(seg[:, start:start + write_chunk])
+                    _model_call(model, write[:, start:start + write_chunk], 1)
+        elif segmented:
+            dm.set_segment_ids(torch.tensor(ep.read_message_ids, dtype=torch.long, device=device).unsqueeze(0))
         labels = torch.tensor(ep.labels, dtype=torch.long, device=device)
         positions = (labels[1:] != IGNORE).nonzero().squeeze(-1)  # logits at t predict token t+1
         read = torch.tensor(ep.read_ids, dtype=torch.long, device=device).unsqueeze(0)
-        with dm.writes(False), (probe.collect(sparsity_weight > 0) if probe else contextlib.nullcontext()):
+        # an online episode is read as the context protocol prefills: each position reads what its prefix wrote
+        with dm.writes(ep.online), (probe.collect(sparsity_weight > 0) if probe else contextlib.nullcontext()):
             out = _model_call(model, read, positions)
         logits = out.logits[0].float()
         ce_sum = F.cross_entropy(logits, labels[positions + 1], reduction="sum")
@@ -272,7 +277,7 @@ def episode_backward(model, dm, ep: TokenizedEpisode, *, device: torch.device, w
     loss.backward()
     dm.reset()  # drop the graph-holding state tensors
     return EpisodeResult(ce_sum=float(ce_sum.detach()), sparsity=float(sparsity.detach()),
-                         target_tokens=int(positions.numel()), write_tokens=len(ep.write_ids),
+                         target_tokens=int(positions.numel()), write_tokens=0 if ep.online else len(ep.write_ids),
                          read_tokens=len(ep.read_ids), kl_sum=None if kl_sum is None else float(kl_sum.detach()))
 
 

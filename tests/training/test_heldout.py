@@ -160,3 +160,31 @@ def test_kl_to_the_bare_backbone_per_memory_condition(tmp_path):
     rows = out["conditions"]
     assert "kl_to_bare" not in rows["nocontext"]
     assert 0 <= rows["memory:untrained"]["kl_to_bare"] < rows["memory:trained"]["kl_to_bare"]
+
+
+def test_online_conditions_prefill_the_read_with_writes_on(tmp_path):
+    """--online: no write pass; the read sequence is prefilled with writes on from an empty state, so the CE is
+    the one a hand-run prefill with writes on gives, and differs from the training protocol's."""
+    from methods.deltamem import attach
+    from methods.deltamem.adapter import read_config
+
+    bb = tiny()
+    run_training(train_cfg(tmp_path, "train.max_steps=2", "train.lr=0.01"), load=lambda _: bb)
+    bb.model._deltamem.detach()
+    data = build_training_data([SyntheticMemory(conversations=8, questions=2)], heldout_fraction=0.25, split_seed=42)
+    ep = data.heldout[0]
+    kw = dict(adapters={"trained": str(tmp_path)}, write_length=96, read_length=64, conditions=(), progress=False)
+    online = evaluate(bb, [ep], online=True, generate=True, max_new_tokens=3, **kw)["conditions"]
+    written = evaluate(bb, [ep], **kw)["conditions"]
+    assert set(online) == {"memory:trained:online"}
+    tok = tokenize_episode(ep, ChatRenderer.for_backbone(bb), write_length=96, read_length=64)
+    dm = attach(bb.model, read_config(str(tmp_path)))
+    dm.load_adapter(str(tmp_path))
+    with torch.no_grad(), dm.writes(True):
+        dm.reset()
+        by_hand = float(bb.model(input_ids=torch.tensor([tok.read_ids]), labels=torch.tensor([tok.labels])).loss)
+    dm.detach()
+    assert online["memory:trained:online"]["ce"] == pytest.approx(by_hand, rel=1e-5)
+    assert abs(online["memory:trained:online"]["ce"] - written["memory:trained"]["ce"]) > 1e-4
+    with pytest.raises(ValueError, match="no other history"):
+        evaluate(bb, [ep], online=True, other_history=True, **kw)

@@ -314,3 +314,46 @@ def test_a_distilled_episode_is_trained_on_its_kl_to_the_bare_backbone():
     grads = [p.grad for p in dm.parameters(trainable_only=True)]
     assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
     dm.detach()
+
+
+@pytest.mark.parametrize("variant", ["tsw", "msw"])
+def test_an_online_episode_is_read_as_the_context_protocol_decodes(variant):
+    """An online distilled episode has no write pass: its loss is the KL from the bare backbone of what the
+    memory model predicts when the read sequence is fed token by token with writes on and a KV cache (the
+    decoding path of the context protocol), here computed that way by hand from an untouched backbone copy."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from methods.deltamem import DeltaMemConfig, attach
+
+    bb = tiny()
+    bare = copy.deepcopy(bb.model)
+    torch.manual_seed(0)
+    dm = attach(bb.model, getattr(DeltaMemConfig, variant)(output_init="random"))
+    ep, _ = make_episode(SyntheticMemory(conversations=1, questions=1).conversations()[0])
+    tok = dataclasses.replace(tokenize_episode(ep, ChatRenderer.for_backbone(bb), write_length=128, read_length=64),
+                              distill=True, online=True)
+    labels = torch.tensor(tok.labels)
+    pos = (labels[1:] != -100).nonzero().squeeze(-1)
+    read = torch.tensor([tok.read_ids])
+    with torch.no_grad():
+        p_bare = F.softmax(bare(input_ids=read).logits[0, pos].float(), dim=-1)
+        dm.reset()
+        steps, past = [], None
+        with dm.writes(True):
+            for t in range(read.shape[1]):
+                out = bb.model(input_ids=read[:, t:t + 1], past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                steps.append(out.logits[0, -1].float())
+        logp = F.log_softmax(torch.stack(steps)[pos], dim=-1)
+    expected = float((p_bare * (p_bare.log() - logp)).sum())
+    res = episode_backward(bb.model, dm, tok, device=bb.device, write_chunk=128, group_target_tokens=len(pos),
+                           group_size=1, sparsity_weight=0.0, sparsity_target=0.05, probe=None,
+                           autocast=contextlib.nullcontext)
+    assert expected > 1e-4
+    assert res.kl_sum == pytest.approx(expected, rel=1e-3, abs=1e-6)
+    assert res.write_tokens == 0 and len(tok.write_ids) > 0  # nothing is written before the read
+    grads = [p.grad for p in dm.parameters(trainable_only=True)]
+    assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+    dm.detach()
