@@ -277,9 +277,9 @@ def test_ssw_single_call_shortcut_gives_identical_gradients(monkeypatch):
     assert all(torch.equal(fast[k], full[k]) and float(full[k].abs().sum()) > 0 for k in full)
 
 
-def test_a_distilled_episode_is_trained_on_its_kl_to_the_bare_backbone():
-    """The loss of a distilled episode is KL(bare ‖ δ-mem) summed over the target positions, computed here from
-    an untouched copy of the backbone and the wrapped model read by hand; the parameters get its gradient."""
+def _distilled_setup(variant: str, **flags):
+    """A tiny backbone with a random (non-inert) δ-mem, one distilled synthetic episode, its labelled positions,
+    read ids and the bare backbone's distributions there (from an untouched copy made before the surgery)."""
     import dataclasses
 
     import torch.nn.functional as F
@@ -289,15 +289,25 @@ def test_a_distilled_episode_is_trained_on_its_kl_to_the_bare_backbone():
     bb = tiny()
     bare = copy.deepcopy(bb.model)
     torch.manual_seed(0)
-    dm = attach(bb.model, DeltaMemConfig.tsw(output_init="random"))
+    dm = attach(bb.model, getattr(DeltaMemConfig, variant)(output_init="random"))
     ep, _ = make_episode(SyntheticMemory(conversations=1, questions=1).conversations()[0])
     tok = dataclasses.replace(tokenize_episode(ep, ChatRenderer.for_backbone(bb), write_length=128, read_length=64),
-                              distill=True)
-    labels = torch.tensor(tok.labels)
-    pos = (labels[1:] != -100).nonzero().squeeze(-1)
+                              distill=True, **flags)
+    pos = (torch.tensor(tok.labels)[1:] != -100).nonzero().squeeze(-1)
     read = torch.tensor([tok.read_ids])
     with torch.no_grad():
         p_bare = F.softmax(bare(input_ids=read).logits[0, pos].float(), dim=-1)
+    return bb, dm, tok, pos, read, p_bare
+
+
+def test_a_distilled_episode_is_trained_on_its_kl_to_the_bare_backbone():
+    """The loss of a distilled episode is KL(bare ‖ δ-mem) summed over the target positions, computed here from
+    an untouched copy of the backbone and the wrapped model read by hand; the parameters get its gradient."""
+    import torch.nn.functional as F
+
+    bb, dm, tok, pos, read, p_bare = _distilled_setup("tsw")
+    labels = torch.tensor(tok.labels)
+    with torch.no_grad():
         dm.reset()
         with dm.writes(True):
             bb.model(input_ids=torch.tensor([tok.write_ids]))
@@ -321,24 +331,10 @@ def test_an_online_episode_is_read_as_the_context_protocol_decodes(variant):
     """An online distilled episode has no write pass: its loss is the KL from the bare backbone of what the
     memory model predicts when the read sequence is fed token by token with writes on and a KV cache (the
     decoding path of the context protocol), here computed that way by hand from an untouched backbone copy."""
-    import dataclasses
-
     import torch.nn.functional as F
 
-    from methods.deltamem import DeltaMemConfig, attach
-
-    bb = tiny()
-    bare = copy.deepcopy(bb.model)
-    torch.manual_seed(0)
-    dm = attach(bb.model, getattr(DeltaMemConfig, variant)(output_init="random"))
-    ep, _ = make_episode(SyntheticMemory(conversations=1, questions=1).conversations()[0])
-    tok = dataclasses.replace(tokenize_episode(ep, ChatRenderer.for_backbone(bb), write_length=128, read_length=64),
-                              distill=True, online=True)
-    labels = torch.tensor(tok.labels)
-    pos = (labels[1:] != -100).nonzero().squeeze(-1)
-    read = torch.tensor([tok.read_ids])
+    bb, dm, tok, pos, read, p_bare = _distilled_setup(variant, online=True)
     with torch.no_grad():
-        p_bare = F.softmax(bare(input_ids=read).logits[0, pos].float(), dim=-1)
         dm.reset()
         steps, past = [], None
         with dm.writes(True):
