@@ -70,7 +70,6 @@ class TokenizedEpisode:
     write_message_ids: tuple[int, ...]  # one per write token; -1 = system / template text (never SSW-written)
     read_ids: tuple[int, ...]
     labels: tuple[int, ...]             # IGNORE except on the target span
-    read_message_ids: tuple[int, ...] = ()  # one per read token, as write_message_ids (online episodes' SSW)
     write_dropped: int = 0              # tokens removed by left truncation
     read_dropped: int = 0
     distill: bool = False               # loss: KL to the bare backbone on the labelled positions, not CE
@@ -250,7 +249,6 @@ def tokenize_episode(ep: Episode, renderer: ChatRenderer, *, write_length: int, 
     w_msg = [o if o >= 0 and ep.write[o]["role"] != "system" else -1 for o in w_owner]
     w_drop = max(0, len(w_ids) - write_length)
     r_ids, r_owner = renderer.encode(ep.read)
-    r_msg = [o if o >= 0 and ep.read[o]["role"] != "system" else -1 for o in r_owner]
     target = len(ep.read) - 1
     labels = [t if o == target else IGNORE for t, o in zip(r_ids, r_owner)]
     if ep.metadata.get("open_end"):  # a target cut at a token limit: its end-of-turn tokens are not the truth
@@ -261,6 +259,5 @@ def tokenize_episode(ep: Episode, renderer: ChatRenderer, *, write_length: int, 
     r_drop = max(0, len(r_ids) - read_length)
     return TokenizedEpisode(id=ep.id, source=ep.source, write_ids=tuple(w_ids[w_drop:]),
                             write_message_ids=tuple(w_msg[w_drop:]), read_ids=tuple(r_ids[r_drop:]),
-                            labels=tuple(labels[r_drop:]), read_message_ids=tuple(r_msg[r_drop:]),
-                            write_dropped=w_drop, read_dropped=r_drop, distill=bool(ep.metadata.get("distill")),
-                            online=bool(ep.metadata.get("online")))
+                            labels=tuple(labels[r_drop:]), write_dropped=w_drop, read_dropped=r_drop,
+                            distill=bool(ep.metadata.get("distill")), online=bool(ep.metadata.get("online")))

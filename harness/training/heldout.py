@@ -183,13 +183,10 @@ def evaluate(backbone, episodes: Sequence[Episode], *, adapters: dict[str, str |
                     if kl:  # an empty state is inert: the bare backbone
                         with dm.writes(False):
                             bare_logp, _ = _target_logp(model, ids, labels, device)
-                    segmented = dm.config.write_granularity != "token"
-                    if online:
-                        if segmented:
-                            dm.set_segment_ids(torch.tensor([list(tok.read_message_ids)], device=device))
+                    if online:  # no segment ids: the context protocol writes token by token, SSW included
                         ctx = dm.writes(True)
                     else:
-                        if segmented:
+                        if dm.config.write_granularity != "token":
                             dm.set_segment_ids(torch.tensor([list(written.write_message_ids)], device=device))
                         with dm.writes(True):
                             model(input_ids=torch.tensor([list(written.write_ids)], device=device),
@@ -202,8 +199,6 @@ def evaluate(backbone, episodes: Sequence[Episode], *, adapters: dict[str, str |
                         res.kl.append(_kl(bare_logp, logp))
                     if generate:
                         if online:  # the prompt alone, written as it is prefilled
-                            if segmented:
-                                raise ValueError("online generation needs token-granularity writes (TSW, MSW)")
                             dm.reset()
                         answer = backbone.decode(_greedy(model, prompt, device=device, max_new_tokens=max_new_tokens,
                                                          stop=stop)).strip()

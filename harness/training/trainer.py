@@ -235,7 +235,9 @@ def episode_backward(model, dm, ep: TokenizedEpisode, *, device: torch.device, w
     The loss is the CE of the target tokens, or for a distilled episode (``ep.distill``) the KL divergence
     from the bare backbone's next-token distribution at the same positions: the adapter is taught to leave
     the backbone's whole distribution alone there, not to sharpen it onto one reply. An online episode
-    (``ep.online``) has no write pass: its read runs with writes on from the empty state."""
+    (``ep.online``) has no write pass: its read runs with writes on from the empty state, token by token for
+    every variant, because the context protocol sets no segment ids (SSW falls back to token writes there,
+    as in the reference suite)."""
     segmented = dm.config.write_granularity != "token"
     dm.reset()
     write = torch.tensor(ep.write_ids, dtype=torch.long, device=device).unsqueeze(0)
@@ -256,8 +258,6 @@ def episode_backward(model, dm, ep: TokenizedEpisode, *, device: torch.device, w
                     if segmented:
                         dm.set_segment_ids(seg[:, start:start + write_chunk])
                     _model_call(model, write[:, start:start + write_chunk], 1)
-        elif segmented:
-            dm.set_segment_ids(torch.tensor(ep.read_message_ids, dtype=torch.long, device=device).unsqueeze(0))
         labels = torch.tensor(ep.labels, dtype=torch.long, device=device)
         positions = (labels[1:] != IGNORE).nonzero().squeeze(-1)  # logits at t predict token t+1
         read = torch.tensor(ep.read_ids, dtype=torch.long, device=device).unsqueeze(0)

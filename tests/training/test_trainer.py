@@ -326,11 +326,12 @@ def test_a_distilled_episode_is_trained_on_its_kl_to_the_bare_backbone():
     dm.detach()
 
 
-@pytest.mark.parametrize("variant", ["tsw", "msw"])
+@pytest.mark.parametrize("variant", ["tsw", "ssw", "msw"])
 def test_an_online_episode_is_read_as_the_context_protocol_decodes(variant):
     """An online distilled episode has no write pass: its loss is the KL from the bare backbone of what the
     memory model predicts when the read sequence is fed token by token with writes on and a KV cache (the
-    decoding path of the context protocol), here computed that way by hand from an untouched backbone copy."""
+    decoding path of the context protocol, which sets no segment ids, so SSW writes each token too), here
+    computed that way by hand from an untouched backbone copy."""
     import torch.nn.functional as F
 
     bb, dm, tok, pos, read, p_bare = _distilled_setup(variant, online=True)
