@@ -56,22 +56,27 @@ def files_sha256(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def shipped_weights_label(backbone: str, method: str, sha256: str | None) -> str | None:
-    """How a record made with ``adapter: shipped`` names its weights once the shipped adapter has changed.
+def weights_label(backbone: str, method: str, adapter: str, sha256: str | None) -> str | None:
+    """How the reports name the weights a δ-mem record ran with: None for the adapter shipped now.
 
-    None while the record's weights are still the ones shipped (or the record predates weight hashes).
-    Otherwise the folder under ``adapters/<backbone>/`` that now holds those weights (a superseded default
-    is kept there, e.g. ``form_only``), or the hash prefix when no folder in this checkout has them, so
-    a table never shows old weights under the current default's name."""
+    Weights are identified by their hash, not by the path they were run from, so a candidate run before it
+    became the default joins the default's row, and a run of a superseded default is named by the folder under
+    ``adapters/<backbone>/`` that keeps it now (e.g. ``form_only``). Without such a folder: the adapter
+    folder's name for a run from another path, or the hash prefix for a run made with ``adapter: shipped``,
+    so a table never shows other weights under the current default's name. Records that predate weight
+    hashes are named by their path alone."""
     folder = SHIPPED_DIR / backbone
     current = folder / method
-    if sha256 is None or not _weight_files(current) or _stamped_sha256(current) == sha256:
+    from_shipped = adapter.rstrip("/") == f"adapters/{backbone}/{method}"
+    if sha256 is None or not _weight_files(current):
+        return None if from_shipped else Path(adapter).name
+    if _stamped_sha256(current) == sha256:
         return None
     for candidate in sorted(p for p in folder.rglob("*") if p.is_dir() and p != current):
         if _weight_files(candidate) and _stamped_sha256(candidate) == sha256:
-            rel = candidate.relative_to(folder)
-            return str(rel.parent if rel.name == method else rel)  # current is excluded, so parent is a folder
-    return f"earlier shipped adapter {sha256[:8]}"
+            rel = candidate.relative_to(folder)  # current is excluded, so a folder named as the method has a parent
+            return str(rel.parent) if rel.name == method else candidate.name
+    return f"earlier shipped adapter {sha256[:8]}" if from_shipped else Path(adapter).name
 
 
 def _stamped_sha256(path: Path) -> str:

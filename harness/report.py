@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.adapters import shipped_weights_label
+from harness.adapters import weights_label
 from harness.records import iter_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,9 +115,8 @@ def method_label(header: dict[str, Any]) -> str | None:
     """The method's name, qualified when it ran with other weights than its default.
 
     A method with an ``adapter`` setting (δ-mem) is a different row when that adapter is absent
-    (``untrained``) or is not the one shipped for the backbone (the adapter folder's name): an
-    untrained memory must never stand in for the trained one in a cell. So is a run with weights that were
-    shipped before the current default (``form_only`` when the superseded adapter is kept in that folder).
+    (``untrained``) or its weights are not the ones shipped for the backbone now (``weights_label``): an
+    untrained memory or a superseded default must never stand in for the current one in a cell.
     A control run (``control``) is its own row too, and so is a δ-mem run that did not write its generated
     tokens (``write_generated: false``, a departure from the reference's context protocol)."""
     method = header.get("method")
@@ -130,10 +129,8 @@ def method_label(header: dict[str, Any]) -> str | None:
     adapter = method_cfg.get("adapter")
     if adapter is None:
         return f"{method} (untrained){suffix}"
-    if str(adapter).rstrip("/") == f"adapters/{header.get('backbone')}/{method}":
-        superseded = shipped_weights_label(str(header.get("backbone")), method, method_cfg.get("adapter_sha256"))
-        return method + suffix if superseded is None else f"{method} ({superseded}){suffix}"
-    return f"{method} ({Path(str(adapter)).name}){suffix}"
+    label = weights_label(str(header.get("backbone")), method, str(adapter), method_cfg.get("adapter_sha256"))
+    return method + suffix if label is None else f"{method} ({label}){suffix}"
 
 
 def collect(results_dir: Path) -> dict[tuple[str, str, str, str], Cell]:

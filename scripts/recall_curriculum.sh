@@ -5,7 +5,8 @@
 #      i.e. while the state does not yet carry the word (SSW's message-mean write needed this)
 #   2. synthetic one-fact dialogues, write 256, 800 x 2, warm start from 1; repeated the same way (seed 7,
 #      8, then 9) while the gap is under 0.1 nats (MSW reached 0.29 after its second round)
-#   3. one-fact dialogues + self-replies (read 256), 600 x 2, warm start from the last round of 2
+#   3. one-fact dialogues + the bare backbone's own replies read online and distilled (read 256), 600 x 2,
+#      warm start from the last round of 2
 # all at lr 3e-3 (the recipe's 2e-4 learns only the answer form at these step counts), one thread.
 #   nohup bash scripts/recall_curriculum.sh tsw > logs/curriculum_tsw.log 2>&1 &
 # Each stage writes to probes/recall/<variant>_<stage>; a stage whose training.json says "complete" is
@@ -62,10 +63,12 @@ prev=null  # the copy stage starts from an untrained memory
 rounds_until_recall "$root/${variant}_copy20" 3 0.5 "${copy[@]}"
 rounds_until_recall "$root/${variant}_onefact" 4 0.1 "${onefact[@]}"
 # 3. one-fact dialogues mixed with the bare backbone's own replies to everyday instructions (about 40 % of the
-#    episodes; conf/train_data/onefact_self_replies.yaml), so the adapter stops imposing the one-fact answer
-#    form on every prompt (MSW before this stage: IFEval -11 points against the bare backbone)
-run_stage "$root/${variant}_onefact_self_replies" method.adapter="$PWD/$prev" seed=11 train_data=onefact_self_replies \
-  train.write_length=256 train.read_length=256 train.grad_accum=2 train.max_steps=600 run.save_every=100 \
-  run.eval_every=200
-prev=$root/${variant}_onefact_self_replies
+#    episodes; conf/train_data/onefact_self_distill_online.yaml), read as the context protocol reads a prompt
+#    (writes on while prefilled) with the KL to the bare backbone as their loss, so the adapter leaves the
+#    backbone alone where the memory has nothing to add (MSW before this stage: IFEval -11 points against the
+#    bare backbone; after it: 0)
+run_stage "$root/${variant}_onefact_self_distill_online" method.adapter="$PWD/$prev" seed=11 \
+  train_data=onefact_self_distill_online train.write_length=256 train.read_length=256 train.grad_accum=2 \
+  train.max_steps=600 run.save_every=100 run.eval_every=200
+prev=$root/${variant}_onefact_self_distill_online
 echo "[curriculum] $(date +%FT%T) last stage: $prev"

@@ -160,6 +160,31 @@ def test_runs_with_a_superseded_shipped_adapter_are_not_shown_as_the_default(tmp
     assert "15.00" in rows["deltamem_msw (earlier shipped adapter abababab)"]
 
 
+def test_runs_are_labelled_by_their_weights_not_the_path_they_ran_from(tmp_path, monkeypatch):
+    """A candidate run before it became the default joins the default's row; a run of weights that are now kept
+    as a superseded default is named by that folder; other weights keep their folder's name."""
+    import harness.adapters as adapters
+
+    shipped = tmp_path / "adapters"
+    monkeypatch.setattr(adapters, "SHIPPED_DIR", shipped)
+    for folder, payload in [("tiny/deltamem_msw", b"new"), ("tiny/self_replies/deltamem_msw", b"old")]:
+        (shipped / folder).mkdir(parents=True)
+        (shipped / folder / "deltamem_model.safetensors").write_bytes(payload)
+    sha = {k: adapters.weights_sha256(shipped / f) for k, f in
+           [("new", "tiny/deltamem_msw"), ("old", "tiny/self_replies/deltamem_msw")]}
+    res, out = tmp_path / "results", tmp_path / "reports"
+    write(res, "vanilla", "locomo", "complete", 0.20)
+    for tag, path, weights, value in [("cand", "adapters/tiny/candidates/msw_online", "new", 0.30),
+                                      ("oldcand", "adapters/tiny/candidates/msw_replies", "old", 0.25),
+                                      ("other", "/runs/my_adapter", "ab" * 32, 0.15)]:
+        write_adapter_run(res, tag, {"adapter": path, "adapter_sha256": sha.get(weights, weights)}, value)
+    build_report(res, out)
+    rows = {l.split(" | ")[0].lstrip("| "): l for l in (out / "main.md").read_text().splitlines() if "| memory |" in l}
+    assert set(rows) == {"deltamem_msw", "deltamem_msw (self_replies)", "deltamem_msw (my_adapter)"}
+    assert "30.00" in rows["deltamem_msw"] and "25.00" in rows["deltamem_msw (self_replies)"]
+    assert "15.00" in rows["deltamem_msw (my_adapter)"]
+
+
 def test_partial_data_stand_ins_and_unavailable_data_are_said(tmp_path, monkeypatch):
     from harness import report
 
