@@ -138,23 +138,31 @@ def test_an_untrained_or_foreign_adapter_is_its_own_row(tmp_path):
     assert "10.00 ± 1.00" in untrained
 
 
-def test_runs_with_a_superseded_shipped_adapter_are_not_shown_as_the_default(tmp_path, monkeypatch):
+def adapter_folders(tmp_path, monkeypatch, payloads: dict[str, bytes]) -> dict[str, str]:
+    """Fake adapter folders under a temporary ``adapters/`` (folder -> weight bytes); their weights' hashes."""
     import harness.adapters as adapters
 
     shipped = tmp_path / "adapters"
     monkeypatch.setattr(adapters, "SHIPPED_DIR", shipped)
-    for folder, payload in [("tiny/deltamem_msw", b"recall"), ("tiny/form_only/deltamem_msw", b"form")]:
+    for folder, payload in payloads.items():
         (shipped / folder).mkdir(parents=True)
         (shipped / folder / "deltamem_model.safetensors").write_bytes(payload)
-    sha = {k: adapters.weights_sha256(shipped / f) for k, f in
-           [("now", "tiny/deltamem_msw"), ("kept", "tiny/form_only/deltamem_msw")]}
-    sha["gone"] = "ab" * 32
+    return {folder: adapters.weights_sha256(shipped / folder) for folder in payloads}
+
+
+def memory_rows(res, out) -> dict[str, str]:
+    build_report(res, out)
+    return {l.split(" | ")[0].lstrip("| "): l for l in (out / "main.md").read_text().splitlines() if "| memory |" in l}
+
+
+def test_runs_with_a_superseded_shipped_adapter_are_not_shown_as_the_default(tmp_path, monkeypatch):
+    sha = adapter_folders(tmp_path, monkeypatch, {"tiny/deltamem_msw": b"recall", "tiny/form_only/deltamem_msw": b"form"})
     res, out = tmp_path / "results", tmp_path / "reports"
     write(res, "vanilla", "locomo", "complete", 0.20)
-    for tag, value in [("now", 0.30), ("kept", 0.25), ("gone", 0.15)]:
-        write_adapter_run(res, tag, {"adapter": "adapters/tiny/deltamem_msw", "adapter_sha256": sha[tag]}, value)
-    build_report(res, out)
-    rows = {l.split(" | ")[0].lstrip("| "): l for l in (out / "main.md").read_text().splitlines() if "| memory |" in l}
+    for tag, weights, value in [("now", sha["tiny/deltamem_msw"], 0.30), ("kept", sha["tiny/form_only/deltamem_msw"], 0.25),
+                                ("gone", "ab" * 32, 0.15)]:
+        write_adapter_run(res, tag, {"adapter": "adapters/tiny/deltamem_msw", "adapter_sha256": weights}, value)
+    rows = memory_rows(res, out)
     assert "30.00" in rows["deltamem_msw"]  # the newest record is not what decides the default's cell
     assert "25.00" in rows["deltamem_msw (form_only)"]
     assert "15.00" in rows["deltamem_msw (earlier shipped adapter abababab)"]
@@ -163,23 +171,15 @@ def test_runs_with_a_superseded_shipped_adapter_are_not_shown_as_the_default(tmp
 def test_runs_are_labelled_by_their_weights_not_the_path_they_ran_from(tmp_path, monkeypatch):
     """A candidate run before it became the default joins the default's row; a run of weights that are now kept
     as a superseded default is named by that folder; other weights keep their folder's name."""
-    import harness.adapters as adapters
-
-    shipped = tmp_path / "adapters"
-    monkeypatch.setattr(adapters, "SHIPPED_DIR", shipped)
-    for folder, payload in [("tiny/deltamem_msw", b"new"), ("tiny/self_replies/deltamem_msw", b"old")]:
-        (shipped / folder).mkdir(parents=True)
-        (shipped / folder / "deltamem_model.safetensors").write_bytes(payload)
-    sha = {k: adapters.weights_sha256(shipped / f) for k, f in
-           [("new", "tiny/deltamem_msw"), ("old", "tiny/self_replies/deltamem_msw")]}
+    sha = adapter_folders(tmp_path, monkeypatch, {"tiny/deltamem_msw": b"new", "tiny/self_replies/deltamem_msw": b"old"})
     res, out = tmp_path / "results", tmp_path / "reports"
     write(res, "vanilla", "locomo", "complete", 0.20)
-    for tag, path, weights, value in [("cand", "adapters/tiny/candidates/msw_online", "new", 0.30),
-                                      ("oldcand", "adapters/tiny/candidates/msw_replies", "old", 0.25),
+    for tag, path, weights, value in [("cand", "adapters/tiny/candidates/msw_online", sha["tiny/deltamem_msw"], 0.30),
+                                      ("oldcand", "adapters/tiny/candidates/msw_replies",
+                                       sha["tiny/self_replies/deltamem_msw"], 0.25),
                                       ("other", "/runs/my_adapter", "ab" * 32, 0.15)]:
-        write_adapter_run(res, tag, {"adapter": path, "adapter_sha256": sha.get(weights, weights)}, value)
-    build_report(res, out)
-    rows = {l.split(" | ")[0].lstrip("| "): l for l in (out / "main.md").read_text().splitlines() if "| memory |" in l}
+        write_adapter_run(res, tag, {"adapter": path, "adapter_sha256": weights}, value)
+    rows = memory_rows(res, out)
     assert set(rows) == {"deltamem_msw", "deltamem_msw (self_replies)", "deltamem_msw (my_adapter)"}
     assert "30.00" in rows["deltamem_msw"] and "25.00" in rows["deltamem_msw (self_replies)"]
     assert "15.00" in rows["deltamem_msw (my_adapter)"]
