@@ -10,7 +10,8 @@ Writes to ``reports/``:
   context and generated tokens, retrieved pieces, achieved compression), next to its score.
 
 Only run records are read, plus the task configs: a cell without a complete record says why
-(``not run``, ``failed``, ``running (k/n)``, or ``data unavailable`` when the task's data cannot
+(``not run``, ``failed``, ``incomplete (k/n)`` for a run still going or interrupted (rerunning its
+command resumes it), or ``data unavailable`` when the task's data cannot
 be loaded here). Records on a subset of a task (``task.limit``, ``episode_ids``, or a data file
 that is itself a partial copy) are marked with † and never mixed with full runs. A method whose
 class declares itself a stand-in for another (``STAND_IN_FOR``) is footnoted as such wherever it
@@ -108,7 +109,8 @@ def _cell_from(header: dict[str, Any], n_done: int) -> Cell:
     if status == "failed":
         err = header.get("error", "")
         return Cell("data unavailable" if err.startswith("DataError") else "failed", header=header)
-    return Cell(f"running ({n_done}/{header.get('n_samples_expected', '?')})", header=header)
+    # a record left "running" by a killed process looks the same as a live one, so the cell claims neither
+    return Cell(f"incomplete ({n_done}/{header.get('n_samples_expected', '?')})", header=header)
 
 
 def method_label(header: dict[str, Any]) -> str | None:

@@ -38,10 +38,11 @@ def test_main_table_ratio_and_missing_cells(tmp_path):
     write(res, "deltamem_tsw", "hotpotqa", "failed", error="RuntimeError: boom")
     write(res, "vanilla", "memoryagentbench", "failed", error="DataError: x.parquet: not found")
     write(res, "vanilla_nocontext", "locomo", "complete", 0.05, protocol="memory", limit=20)
+    write(res, "deltamem_tsw", "ifeval", "running")
     build_report(res, out)
     md = (out / "main.md").read_text()
     row = next(l for l in md.splitlines() if l.startswith("| deltamem_tsw"))
-    assert "30.00 ± 1.00" in row and "failed" in row and "not run" in row
+    assert "30.00 ± 1.00" in row and "failed" in row and "not run" in row and "incomplete (0/10)" in row
     assert row.rstrip(" |").endswith("1.50×")  # 0.30 / 0.20 on the one shared task
     van = next(l for l in md.splitlines() if l.startswith("| vanilla |"))
     assert "data unavailable" in van and "30.00" in van  # mean of 0.2 and 0.4
