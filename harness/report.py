@@ -36,7 +36,7 @@ BASELINE = "vanilla"
 
 @dataclass
 class Cell:
-    status: str  # complete | failed | running | not run | data unavailable
+    status: str  # complete | failed | incomplete (k/n) | not run | data unavailable
     value: float | None = None
     stderr: float | None = None
     n: int = 0
