@@ -11,10 +11,16 @@ from harness.errors import HarnessError
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from harness.runner import run_experiment
+    from harness.runner import RunInterrupted, run_experiment
 
     try:
         outcome = run_experiment(cfg)
+    except RunInterrupted as exc:
+        print(f"[harness] {exc}", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:  # before a record existed: nothing to resume
+        print("[harness] interrupted before the run started", file=sys.stderr)
+        sys.exit(130)
     except (HarnessError, ValueError, TypeError, FileNotFoundError) as exc:
         # Bad input: one line that names the problem, a non-zero exit, no stack trace.
         print(f"error: {exc}", file=sys.stderr)

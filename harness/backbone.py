@@ -81,12 +81,31 @@ class Backbone:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device ``backbone.device`` names, refused at once when torch cannot see it (otherwise the
+    failure comes only after the model has loaded, as a torch traceback)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as exc:
         raise ConfigError(f"backbone.device={name!r} is not a torch device ({exc})") from exc
+    if device.type == "cpu":
+        return device
+    kind = {"cuda": "CUDA", "mps": "MPS"}.get(device.type, device.type.upper())
+    if device.type == "mps":
+        count = int(torch.backends.mps.is_available())
+    else:
+        backend = getattr(torch, device.type, None)
+        available = getattr(backend, "is_available", None)
+        count = int(backend.device_count()) if available is not None and available() else 0
+    if count == 0:
+        raise ConfigError(f"backbone.device={name}: no {kind} device is visible to torch here; "
+                          "backbone.device=cpu or backbone.device=auto works")
+    if device.index is not None and device.index >= count:
+        visible = ", ".join(f"{device.type}:{i}" for i in range(count))
+        raise ConfigError(f"backbone.device={name}: torch sees {count} {kind} device{'s' * (count > 1)} "
+                          f"({visible}); pick one of those, backbone.device=cpu or backbone.device=auto")
+    return device
 
 
 def resolve_location(cfg: Any) -> tuple[str, dict[str, Any]]:
@@ -133,13 +152,13 @@ def load_backbone(cfg: Any) -> Backbone:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the run's own progress bar is the one that matters
+    device = resolve_device(str(cfg.get("device", "auto")))
     location, provenance = resolve_location(cfg)
     trust = bool(cfg.get("trust_remote_code", False))
     _check_causal_lm(location, trust)
     dtype_name = str(cfg.get("dtype", "fp32"))
     if dtype_name not in DTYPES:
         raise ConfigError(f"backbone.dtype={dtype_name!r}; expected one of {sorted(set(DTYPES))}")
-    device = resolve_device(str(cfg.get("device", "auto")))
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype_name], "trust_remote_code": trust}
     if cfg.get("attn_implementation"):
         kwargs["attn_implementation"] = str(cfg.attn_implementation)

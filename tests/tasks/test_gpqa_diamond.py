@@ -59,7 +59,7 @@ def row(rid, domain="Physics", q="What is 1+1?"):
     ("No idea at all.", ""),
     ("", ""),
 ])
-def test_extraction_cascade(text, letter):
+def test_reference_extraction_cascade(text, letter):
     assert extract_letter(text) == letter
 
 
@@ -86,10 +86,18 @@ def test_loading_records_and_scoring(tmp_path):
                               "Question: What is 1+1?\n\nA. ")
     assert content.count("\n") == 8 and f'{q.gold}. two' in content
     assert task.record_questions is False and task.public_gold(q) == q.gold
-    assert task.score(q, f'{{"answer": "{q.gold}"}}').values == {"accuracy": 1.0}
+    right = task.score(q, f'{{"answer": "{q.gold}"}}')
+    assert right.values["accuracy"] == right.values["accuracy_strict"] == right.values["accuracy_reference"] == 1.0
+    assert right.values["accuracy_lm_eval"] == 0.0  # lm-eval's filter reads "(X)", option texts and ": X" only
     wrong = "A" if q.gold != "A" else "B"
     s = task.score(q, f"Final answer: {wrong}")
-    assert s.values == {"accuracy": 0.0} and s.extracted == wrong
+    assert s.values["accuracy"] == 0.0 and s.extracted == wrong and s.extracted_by["lm_eval"] == wrong
+    listed = "\n".join(f"{L}. {o}" for L, o in zip("ABCD", q.metadata["options"]))
+    s = task.score(q, listed)  # the four options repeated: no choice under the default rule
+    assert s.extracted == "" and s.extracted_by["reference"] == "A"
+    ref = make_task(data_path=str(path), scoring="reference")
+    ref.episodes(seed=42)
+    assert ref.score(q, listed).values["accuracy"] == float(q.gold == "A")
     assert task.data_fingerprint()["shuffle_seed"] == 42
     fixed = make_task(data_path=str(path), shuffle_seed=7)
     assert fixed.episodes(seed=42)[0].metadata["shuffle_seed"] == 7
@@ -188,3 +196,25 @@ def test_loglik_protocol_with_a_generating_method_fails_before_any_model_loads(t
     with pytest.raises(ConfigError, match="python -m tasks.gpqa_diamond.loglik"):
         run_experiment(cfg, load=no_model)
     assert make_task(protocol="loglik_mc").runner_problem("tasks.gpqa_diamond.loglik.LoglikMC") is None
+
+
+@pytest.mark.skipif(not REAL.exists(), reason="shared GPQA zip not present")
+def test_a_wrong_password_that_passes_the_check_byte_is_one_clear_error(tmp_path):
+    """ZipCrypto checks one byte of the password's key stream: about one wrong password in 256 passes it, and the
+    data then fails to inflate. That must read as a wrong password, not as a damaged zip or a zlib traceback."""
+    import zipfile as zf
+
+    from tasks.gpqa_diamond.task import MEMBER, read_encrypted_csv
+
+    passing = None
+    with zf.ZipFile(REAL) as z:
+        for i in range(20000):
+            try:
+                with z.open(MEMBER, pwd=f"wrong-{i}".encode()):
+                    passing = f"wrong-{i}"
+                    break
+            except RuntimeError:
+                continue
+    assert passing is not None
+    with pytest.raises(DataError, match="password passed the zip's check byte but the data did not decompress"):
+        read_encrypted_csv(REAL, MEMBER, passing)

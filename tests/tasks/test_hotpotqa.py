@@ -70,10 +70,13 @@ def test_reference_and_official_scoring_hand_computed(tmp_path):
     q = task.episodes(seed=0)[0].queries[0]
     s = task.score(q, "Yes it is.\nSecond line")
     assert s.extracted == "Yes it is."
-    assert s.values == {"em": 0.0, "f1": 0.5}          # tokens [yes, it, is] vs [yes]
+    assert s.values == {"em": 0.0, "f1": 0.5,           # tokens [yes, it, is] vs [yes]
+                        "em_reference": 0.0, "f1_reference": 0.5, "em_official": 0.0, "f1_official": 0.0}
     official = make_task(tmp_path / "h.jsonl", scoring="official")
-    assert official.score(q, "Yes it is.").values == {"em": 0.0, "f1": 0.0}  # yes/no rule
-    assert official.score(q, "Yes.").values == {"em": 1.0, "f1": 1.0}
+    assert official.score(q, "Yes it is.").values == {"em": 0.0, "f1": 0.0,  # yes/no rule
+                                                      "em_reference": 0.0, "f1_reference": 0.5,
+                                                      "em_official": 0.0, "f1_official": 0.0}
+    assert official.score(q, "Yes.").values["f1"] == official.score(q, "Yes.").values["f1_official"] == 1.0
     full = make_task(tmp_path / "h.jsonl", answer_extraction="full")
     assert full.score(q, "yes\nno").extracted == "yes\nno"
     # reference rounds item F1 to 4 decimals: [barack, obama, jr] vs [barack, obama, ii, sr]

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from harness.errors import ConfigError, HarnessError
 from harness.training.episodes import ChatRenderer, make_episode, tokenize_episode
 from harness.training.synthetic import SyntheticMemory
-from harness.training.trainer import (LOG_FILE, SUMMARY_FILE, TrainSettings, checkpoint_dirs,
+from harness.training.trainer import (LOG_FILE, STATE_FILE, SUMMARY_FILE, TrainSettings, checkpoint_dirs,
                                       deltamem_config_from_method, episode_backward, run_training)
 from tests.conftest import make_backbone
 
@@ -152,6 +152,48 @@ def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_existing_checkp
                                "resume=true"), load=lambda _: tiny())
     with pytest.raises(HarnessError, match="already has checkpoints"):
         run_training(train_cfg(tmp_path, "train.max_steps=3"), load=lambda _: tiny())
+
+
+def test_a_checkpoint_state_loads_with_weights_only(tmp_path):
+    import random
+
+    import numpy as np
+
+    from harness.training.trainer import _set_rng_state
+
+    run_training(train_cfg(tmp_path, "train.max_steps=2", "run.stop_after_steps=1"), load=lambda _: tiny())
+    state = torch.load(checkpoint_dirs(tmp_path)[-1] / STATE_FILE, map_location="cpu", weights_only=True)
+    assert state["step"] == 1 and {"python", "numpy", "torch"} <= set(state["rng"])
+    draw = lambda: (random.random(), np.random.rand(), torch.rand(1).item())  # noqa: E731
+    _set_rng_state(state["rng"])
+    first = draw()
+    _set_rng_state(state["rng"])
+    assert draw() == first
+
+
+class _Planted:
+    """Unpickling it writes a file: what any code a full unpickle runs could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_an_old_style_or_planted_state_file_is_refused_without_running_it(tmp_path):
+    import numpy as np
+
+    run_training(train_cfg(tmp_path, "train.max_steps=2", "run.stop_after_steps=1"), load=lambda _: tiny())
+    state_file = checkpoint_dirs(tmp_path)[-1] / STATE_FILE
+    marker = tmp_path / "planted-code-ran"
+    old_style = {"step": 1, "rng": {"numpy": np.random.get_state()}}  # a numpy array, as versions before wrote
+    for payload in (old_style, {"step": 1, "rng": _Planted(marker)}):
+        torch.save(payload, state_file)
+        with pytest.raises(HarnessError, match=r"trainer_state\.pt: written by an older version") as err:
+            run_training(train_cfg(tmp_path, "train.max_steps=2", "resume=true"), load=lambda _: tiny())
+        assert "\n" not in str(err.value)
+        assert not marker.exists()
 
 
 def test_ssw_and_msw_runs(tmp_path):
