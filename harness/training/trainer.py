@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from harness.errors import ConfigError, HarnessError
 from harness.training.data import EpisodeOrder, TrainingData
-from harness.training.episodes import IGNORE, ChatRenderer, Episode, TokenizedEpisode, tokenize_episode
+from harness.training.episodes import IGNORE, Episode, TokenizedEpisode
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -338,9 +338,7 @@ class Trainer:
     def __init__(self, *, backbone, method_cfg: Mapping[str, Any], data: TrainingData, settings: TrainSettings,
                  controls: RunControls, out_dir: Path, seed: int, semantic_config: dict[str, Any],
                  data_name: str = "") -> None:
-        from methods.deltamem import attach
-        from methods.deltamem.adapter import load_adapter_weights, read_config
-        from methods.deltamem.signature import backbone_signature, check_backbone_signature
+        from harness.training.learner import make_learner
 
         self.backbone = backbone
         self.model = backbone.model
@@ -352,22 +350,10 @@ class Trainer:
         self.seed = seed
         self.semantic = semantic_config
         self.data_name = data_name
-        config = deltamem_config_from_method(method_cfg)
-        init_adapter = method_cfg.get("adapter")
-        if init_adapter:  # warm start: the adapter's own shapes and init, then its weights
-            config = read_config(init_adapter)
-            check_backbone_signature(config.extra.get("backbone"), self.model, what=f"adapter {init_adapter}")
-        self.signature = backbone_signature(self.model, backbone.name)
-        config = dataclasses.replace(config, extra={**config.extra, "backbone": self.signature})
-        self.dm = attach(self.model, config)
-        if init_adapter:
-            load_adapter_weights(self.dm, init_adapter)
-        for p in self.dm.parameters(trainable_only=False):  # fp32 master weights whatever the backbone dtype
-            p.data = p.data.float()
-        self.params = self.dm.parameters(trainable_only=True)
+        self.learner = make_learner(backbone, method_cfg, settings)
+        self.params = self.learner.parameters()
         self.autocast, self.precision = _autocast(self.device, settings.precision, backbone.dtype)
-        self.renderer = ChatRenderer.for_backbone(backbone)
-        self.write_chunk = int(settings.write_chunk or min(settings.write_length, backbone.window))
+        self.learner.autocast = self.autocast
         self.order = EpisodeOrder(len(data.train), seed=seed, shuffle=settings.shuffle)
         self.total_steps = settings.total_steps(len(data.train))
         self.warmup = settings.warmup_steps(self.total_steps)
@@ -376,10 +362,9 @@ class Trainer:
                                            eps=settings.adam_eps, weight_decay=settings.weight_decay,
                                            **({"fused": True} if fused else {}))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.probe = BetaProbe(self.model) if settings.sparsity_weight > 0 else None
         self.eval_donors: list[int] | None = None
         self.eval_set = self._eval_set()
-        self.eval_floor: float | None = None
+        self.eval_floor: list[float] | None = None
         self.step = 0
         self.position = 0
         self.elapsed = 0.0
@@ -393,60 +378,45 @@ class Trainer:
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
     # -------------------------------------------------------------------------------- held-out loss
-    def _eval_set(self) -> list[TokenizedEpisode]:
-        from harness.training.heldout import select
+    def _eval_set(self) -> list[Episode]:
+        from harness.training.heldout import other_history_donors, select
 
         if not self.controls.eval_every or not self.data.heldout:
             return []
-        from harness.training.heldout import other_history_donors
-
         picked = select(self.data.heldout, self.controls.eval_episodes, seed=self.seed)
         groups = {f"{e.source}/{e.group}" for e in picked}
         self.eval_donors = other_history_donors(picked) if len(groups) > 1 else None
-        return [tokenize_episode(ep, self.renderer, write_length=self.settings.write_length,
-                                 read_length=self.settings.read_length) for ep in picked]
+        return picked
 
-    @torch.no_grad()
-    def heldout_ce(self, with_memory: bool = True, other_history: bool = False) -> float:
-        """Mean target CE on the fixed held-out subset: history written (training protocol), not written (an
-        empty state is inert, so this is the bare backbone with the question only), or, with
-        ``other_history``, the history of another held-out document written instead: the gap between the
-        first and the last is what the memory recalls, as opposed to what it learned of the answers' form."""
+    def heldout_ces(self, *, bare: bool = False, other_history: bool = False) -> list[float]:
+        """Target CE of every episode of the fixed held-out subset: as trained, ``bare`` (the backbone without
+        what is trained: for δ-mem an empty state, i.e. the question only), or with ``other_history``, the
+        history of another held-out document in place of the episode's own: the gap between the first and the
+        last is what the method recalls, as opposed to what it learned of the answers' form."""
         was_training = self.model.training
         self.model.eval()
-        segmented = self.dm.config.write_granularity != "token"
-        values = []
         try:
-            with self.autocast():
-                for i, ep in enumerate(self.eval_set):
-                    self.dm.reset()
-                    if with_memory:
-                        written = self.eval_set[self.eval_donors[i]] if other_history else ep
-                        write = torch.tensor([written.write_ids], device=self.device)
-                        seg = torch.tensor([written.write_message_ids], device=self.device)
-                        with self.dm.writes(True):
-                            for start in range(0, write.shape[1], self.write_chunk):
-                                if segmented:
-                                    self.dm.set_segment_ids(seg[:, start:start + self.write_chunk])
-                                _model_call(self.model, write[:, start:start + self.write_chunk], 1)
-                    labels = torch.tensor(ep.labels, device=self.device)
-                    pos = (labels[1:] != IGNORE).nonzero().squeeze(-1)
-                    with self.dm.writes(False):
-                        out = _model_call(self.model, torch.tensor([ep.read_ids], device=self.device), pos)
-                    values.append(float(F.cross_entropy(out.logits[0].float(), labels[pos + 1])))
+            return [self.learner.heldout_ce(ep, bare=bare,
+                                            history_from=self.eval_set[self.eval_donors[i]] if other_history else None)
+                    for i, ep in enumerate(self.eval_set)]
         finally:
-            self.dm.reset()
             self.model.train(was_training)
+
+    def heldout_ce(self, with_memory: bool = True, other_history: bool = False) -> float:
+        values = self.heldout_ces(bare=not with_memory, other_history=other_history)
         return sum(values) / len(values)
 
     def eval_row(self) -> dict[str, Any]:
         if self.eval_floor is None:
-            self.eval_floor = self.heldout_ce(with_memory=False)
+            self.eval_floor = self.heldout_ces(bare=True)
         t0 = time.perf_counter()
-        ce = self.heldout_ce()
+        ces = self.heldout_ces()
         other = self.heldout_ce(other_history=True) if self.eval_donors is not None else None
-        return {"kind": "eval", "step": self.step, "heldout_ce": ce, "heldout_ce_nocontext": self.eval_floor,
+        return {"kind": "eval", "step": self.step, "heldout_ce": sum(ces) / len(ces),
+                "heldout_ce_nocontext": sum(self.eval_floor) / len(self.eval_floor),
                 "heldout_ce_other_history": other, "heldout_episodes": len(self.eval_set),
+                "heldout_ce_per_episode": [round(x, 5) for x in ces],
+                "heldout_ce_bare_per_episode": [round(x, 5) for x in self.eval_floor],
                 "seconds": round(time.perf_counter() - t0, 2)}
 
     # -------------------------------------------------------------------------------- state
@@ -463,7 +433,7 @@ class Trainer:
         tmp = root / f".tmp-step-{self.step:06d}"
         if tmp.exists():
             shutil.rmtree(tmp)
-        self.dm.save_adapter(str(tmp / "adapter"))
+        self.learner.save(tmp / "adapter")
         torch.save(self._state(), tmp / STATE_FILE)
         if final.exists():
             shutil.rmtree(final)
@@ -473,8 +443,6 @@ class Trainer:
         return final
 
     def load_checkpoint(self, path: Path) -> None:
-        from methods.deltamem.adapter import load_adapter_weights
-
         state = read_state(path / STATE_FILE)
         if state["data_fingerprint"] != self.data.fingerprint:
             raise HarnessError(f"{path}: the training data changed since this checkpoint (fingerprint "
@@ -483,7 +451,7 @@ class Trainer:
         if diff:
             raise HarnessError(f"{path}: the config changed since this checkpoint ({'; '.join(diff[:5])}); "
                                "resume needs the same config (only run.* may change)")
-        load_adapter_weights(self.dm, path / "adapter")
+        self.learner.load(path / "adapter")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
@@ -492,9 +460,7 @@ class Trainer:
 
     # -------------------------------------------------------------------------------- loop
     def _episode(self, position: int) -> TokenizedEpisode:
-        ep: Episode = self.data.train[self.order[position]]
-        return tokenize_episode(ep, self.renderer, write_length=self.settings.write_length,
-                                read_length=self.settings.read_length)
+        return self.learner.tokenize(self.data.train[self.order[position]])
 
     def train_step(self) -> dict[str, Any]:
         s = self.settings
@@ -502,10 +468,7 @@ class Trainer:
         c0 = time.process_time()
         group = [self._episode(self.position + i) for i in range(s.grad_accum)]
         n_target = sum(max(0, sum(1 for x in ep.labels[1:] if x != IGNORE)) for ep in group)
-        results = [episode_backward(self.model, self.dm, ep, device=self.device, write_chunk=self.write_chunk,
-                                    group_target_tokens=n_target, group_size=len(group),
-                                    sparsity_weight=s.sparsity_weight, sparsity_target=s.sparsity_target,
-                                    probe=self.probe, autocast=self.autocast) for ep in group]
+        results = [self.learner.backward(ep, group_target_tokens=n_target, group_size=len(group)) for ep in group]
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
@@ -553,7 +516,7 @@ class Trainer:
         self.model.train()
         started = time.time()
         steps_here = 0
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.dm.config.variant}", unit="step",
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.learner.label}", unit="step",
                    disable=not self.controls.progress, dynamic_ncols=True, file=sys.stderr)
         ema = None
         stopped = None
@@ -603,10 +566,8 @@ class Trainer:
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
-        from methods.deltamem.adapter import CONFIG_NAME
-
         self.save_checkpoint()  # the final state, so a finished run can be extended or audited
-        self.dm.save_adapter(str(self.out_dir))
+        self.learner.save(self.out_dir)
         logged = read_log(self.out_dir / LOG_FILE)
         rows = [r for r in logged if r.get("kind", "train") == "train"]
         evals = [r for r in logged if r.get("kind") == "eval"]
@@ -615,10 +576,10 @@ class Trainer:
         summary = {
             "status": "complete",
             "adapter": str(self.out_dir),
-            "variant": self.dm.config.variant,
-            "backbone": self.signature.get("name"),
+            **{k: v for k, v in self.learner.describe().items() if k != "label"},
+            "method": self.semantic.get("method", {}).get("name"),
             "steps": self.step, "episodes": episodes, "epochs": round(episodes / len(self.data.train), 4),
-            "trainable_parameters": self.dm.num_parameters(),
+            "trainable_parameters": self.learner.num_parameters(),
             "precision": self.precision, "device": str(self.device),
             "train_seconds": round(self.elapsed, 1),
             "seconds_per_episode": round(self.elapsed / max(1, episodes), 3),
@@ -630,17 +591,35 @@ class Trainer:
             "heldout_ce_last": evals[-1]["heldout_ce"] if evals else None,
             "heldout_ce_nocontext": evals[-1]["heldout_ce_nocontext"] if evals else None,
             "heldout_ce_other_history_last": evals[-1].get("heldout_ce_other_history") if evals else None,
+            "heldout_paired": heldout_paired(evals, self.eval_set),
             "data": self.data.describe(),
             "data_name": self.data_name,
             "heldout_ids": [e.id for e in self.data.heldout],
         }
         (self.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-        assert (self.out_dir / CONFIG_NAME).is_file()
         return summary
 
     def close(self) -> None:
-        if self.probe:
-            self.probe.remove()
+        self.learner.close()
+
+
+def heldout_paired(evals: list[dict[str, Any]], episodes: Sequence[Episode]) -> dict[str, Any] | None:
+    """Held-out CE at the end against the start of training and against the bare backbone, paired per episode,
+    with 95 % intervals that resample whole documents."""
+    from harness.metrics import bootstrap_ci
+
+    rows = [r for r in evals if r.get("heldout_ce_per_episode")]
+    if len(rows) < 1 or not episodes:
+        return None
+    first, last = rows[0], rows[-1]
+    groups = [f"{e.source}/{e.group}" for e in episodes]
+    out: dict[str, Any] = {"episodes": len(episodes), "documents": len(set(groups)), "step_first": first["step"],
+                           "step_last": last["step"]}
+    for name, base in (("vs_start", first["heldout_ce_per_episode"]), ("vs_bare", last["heldout_ce_bare_per_episode"])):
+        diff = [a - b for a, b in zip(last["heldout_ce_per_episode"], base)]
+        lo, hi = bootstrap_ci(diff, groups)
+        out[name] = {"mean_diff": sum(diff) / len(diff), "ci95": [lo, hi]}
+    return out
 
 
 def _config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -717,6 +696,24 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> None:
     os.replace(tmp, png_path)
 
 
+def check_method(method: Mapping[str, Any]) -> None:
+    """Refuse a method config that cannot be trained before any data or model loads: δ-mem's settings, or the
+    method class's own ``check_training_config``."""
+    target = str(method.get("_target_") or "")
+    if not target or target.startswith("methods.deltamem."):
+        deltamem_config_from_method(method)
+        return
+    import importlib
+
+    module, _, name = target.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    if getattr(cls, "LEARNER", None) is None:
+        raise ConfigError(f"method={method.get('name')}: {name} has nothing to train")
+    check = getattr(cls, "check_training_config", None)
+    if check is not None:
+        check(method)
+
+
 def build_sources(node: Mapping[str, Any]) -> list:
     """Instantiate ``train_data.sources`` (a mapping name → source config with ``_target_``)."""
     from hydra.errors import InstantiationException
@@ -770,7 +767,7 @@ def run_training(cfg, *, load: Callable[[Any], Any] | None = None) -> dict[str, 
     controls = RunControls(**run_node)
     if controls.save_every < 1:
         raise ConfigError(f"run.save_every must be >= 1, got {controls.save_every}")
-    deltamem_config_from_method(OmegaConf.to_container(cfg.method, resolve=True))  # fail before any loading
+    check_method(OmegaConf.to_container(cfg.method, resolve=True))  # fail before any loading
     resolve_device(str(cfg.backbone.get("device", "auto")))
     warm_start = resolve_adapter(cfg)
     td = cfg.train_data
@@ -790,7 +787,7 @@ def run_training(cfg, *, load: Callable[[Any], Any] | None = None) -> dict[str, 
                       data_name=str(td.get("name", "")))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    print(f"[train] {trainer.dm!r} on {backbone.name}; {len(data.train)} training episodes "
+    print(f"[train] {trainer.learner!r} on {backbone.name}; {len(data.train)} training episodes "
           f"({len(data.heldout)} held out); {trainer.total_steps} steps × {settings.grad_accum} episodes; "
           f"{trainer.precision} on {backbone.device}", file=sys.stderr)
     try:

@@ -61,6 +61,8 @@ class _StateRows:
 
 
 class DeltaMemMethod(Method):
+    LEARNER = "harness.training.learner.DeltaMemLearner"  # what `python -m harness.train` trains
+
     def __init__(self, *, rank: int = 8, alpha: float = 16.0, num_state_heads: int = 1,
                  write_granularity: str = "token", delta_heads: Sequence[str] = ("q", "o"),
                  output_init: str = "base_slice_fixed", beta_bias_init: float = -1.5, base_slice_ref_width: int = 8,

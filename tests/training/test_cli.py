@@ -85,12 +85,12 @@ def test_cli_bad_training_file_is_one_line_and_nonzero(tmp_path):
     assert out.stderr.strip().splitlines()[-1] == f"error: {bad}: line 2: field 'messages' must be list, got str"
 
 
-def test_cli_refuses_benchmark_data_and_non_deltamem_methods(tmp_path):
+def test_cli_refuses_benchmark_data_and_untrainable_methods(tmp_path):
     out = _train("method=deltamem_tsw", "train_data=jsonl", "train_data.sources.jsonl.path=tasks/locomo/data/locomo10.json",
                  f"out_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'h'}")
     assert out.returncode == 2 and "must never be used for training" in out.stderr
     out = _train("method=vanilla", f"out_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'h'}")
-    assert out.returncode == 2 and "not a δ-mem method" in out.stderr
+    assert out.returncode == 2 and "method=vanilla: Vanilla has nothing to train" in out.stderr
 
 
 @pytest.mark.real_model
