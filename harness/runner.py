@@ -155,16 +155,18 @@ def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_ba
     semantic = semantic_config(cfg)
     if adapter:  # the record is tied to these weights, wherever the clone lives
         semantic["method"].update(adapter)
+    # built before any record or model: a bad method setting fails here and leaves nothing behind
+    method = build(cfg.method, "method")
     fingerprint = task.data_fingerprint()
     digest = data_digest(fingerprint)
     record, chash = find_record(cfg.run.results_dir, names, seed, semantic, digest)
     with RecordLock(record.path), _sigterm_interrupts():
-        return _run_locked(cfg, load, task, episodes, names, seed, control, semantic, fingerprint, digest, record,
-                           chash)
+        return _run_locked(cfg, load, task, method, episodes, names, seed, control, semantic, fingerprint, digest,
+                           record, chash)
 
 
-def _run_locked(cfg, load, task, episodes, names, seed, control, semantic, fingerprint, digest, record: RunRecord,
-                chash: str) -> RunOutcome:
+def _run_locked(cfg, load, task, method, episodes, names, seed, control, semantic, fingerprint, digest,
+                record: RunRecord, chash: str) -> RunOutcome:
     force = bool(cfg.run.get("force", False))
     try:
         previous = record.header()
@@ -231,7 +233,6 @@ def _run_locked(cfg, load, task, episodes, names, seed, control, semantic, finge
         seed_everything(seed)
         backbone = load(cfg.backbone)
         load_s = time.time() - started
-        method = build(cfg.method, "method")
         method.setup(backbone, task, seed=seed)
         header["protocol"] = method.protocol
         header["method"] = names["method"]

@@ -747,9 +747,32 @@ def build_sources(node: Mapping[str, Any]) -> list:
     return out
 
 
+def own_pipeline(method: Mapping[str, Any]) -> Callable | None:
+    """A method class's own training pipeline (``TRAIN_PIPELINE``: a dotted path to ``fn(cfg, load=...)``) for
+    methods that do not learn from episodes (MLP Memory pre-trains on a datastore); None for the episode loop."""
+    import importlib
+
+    target = str(method.get("_target_") or "")
+    if not target:
+        return None
+    module, _, name = target.rpartition(".")
+    try:
+        path = getattr(getattr(importlib.import_module(module), name), "TRAIN_PIPELINE", None)
+    except (ImportError, AttributeError):
+        return None
+    if path is None:
+        return None
+    mod, _, attr = str(path).rpartition(".")
+    return getattr(importlib.import_module(mod), attr)
+
+
 def run_training(cfg, *, load: Callable[[Any], Any] | None = None) -> dict[str, Any]:
-    """``python -m harness.train``: compose → data → backbone → δ-mem → train (or resume)."""
+    """``python -m harness.train``: compose → data → backbone → learner → train (or resume)."""
     from omegaconf import OmegaConf
+
+    pipeline = own_pipeline(OmegaConf.to_container(cfg.method, resolve=True))
+    if pipeline is not None:
+        return pipeline(cfg, load=load)
 
     from harness.adapters import resolve_adapter
     from harness.backbone import load_backbone, resolve_device

@@ -1,0 +1,1 @@
+"""MemGen (weaver SFT, trigger off) as a harness method: see :mod:`methods.memgen.model`."""

@@ -1,0 +1,201 @@
+"""MemGen: the paper's parameter count, exact equality with the bare backbone at caps 0, cached insertion ==
+the official re-prefill, the training path == the decoding path, the folder round trip, learning, exact resume,
+refusals."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from harness.errors import ConfigError
+from harness.generation import generate_batch, prefill_prefix
+from harness.training.trainer import run_training
+from harness.types import GenerationSettings
+from methods.memgen.model import MemGen, MemGenConfig, target_insertion_points
+from methods.memgen.weave import Stream, _new_cache, generate_one, teacher_forced_logits, weave_prefix
+from tests.conftest import make_backbone
+from tests.methods.test_context2lora import CONF, qwen3_4b_meta, train_cfg
+
+TEXT = "Caroline said hello to Melanie and they talked about painting, running and the support group."
+
+
+def fitted(bb, **cfg):
+    torch.manual_seed(0)
+    mg = MemGen(bb.model, MemGenConfig(weaver_dropout=0.0, **cfg))
+    mg.peft.eval()
+    with torch.no_grad():  # a weaver that differs from the reasoner
+        for n, p in mg.peft.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    return mg
+
+
+def test_the_papers_parameter_count_at_qwen3_4b_shapes():
+    mg = MemGen(qwen3_4b_meta(), MemGenConfig())
+    assert abs(mg.num_parameters() - 46.20e6) / 46.20e6 < 0.005  # 46,193,666 against the paper's 46.20M
+    assert mg.num_parameters() == 33_030_144 + 2 * (2560 * 2560 + 2560) + 16 * 2560 + 4 * 2560 + 2
+
+
+def test_caps_at_zero_are_the_bare_backbone_exactly():
+    bb = make_backbone()
+    ids = bb.encode(TEXT)
+    s = GenerationSettings(max_new_tokens=12)
+    bare = generate_batch(bb.model, [ids], s, stop_ids=bb.stop_ids, pad_id=bb.pad_id)[0].ids
+    mg = fitted(bb, max_prompt_aug_num=0, max_inference_aug_num=0)
+    assert generate_one(mg, bb.tokenizer, ids, s, stop_ids=bb.stop_ids).ids == bare
+    mg.detach()
+
+
+def test_appending_to_the_caches_equals_the_official_re_prefill():
+    """Insertions at fixed points of a fixed continuation: every next-token distribution of the cached path equals
+    the one of the re-prefill path (fresh reasoner prefill, weaver over everything) within fp32 noise."""
+    bb = make_backbone()
+    mg = fitted(bb)
+    ids = bb.encode(TEXT)
+    follow = bb.encode(" they met again and talked for an hour")
+    with torch.no_grad():
+        cached = Stream(mg, _new_cache(mg.model), _new_cache(mg.model), 0)
+        fresh = Stream(mg, None, None, 0, reprefill=True)
+        out = []
+        for s in (cached, fresh):
+            rows = [s.feed(mg.embed(torch.tensor([ids])))]
+            rows.append(s.feed(s.latents("prompt")))
+            for k, t in enumerate(follow):
+                rows.append(s.feed(mg.embed(torch.tensor([[t]]))))
+                if k in (1, 4):
+                    rows.append(s.feed(s.latents("inference")))
+            out.append(torch.cat(rows))
+    assert out[0].shape == out[1].shape and (out[0] - out[1]).abs().max() < 1e-4
+    assert not torch.allclose(out[0][0], out[0][1])  # the latents change the prediction
+
+
+def test_a_shared_prefix_changes_nothing():
+    bb = make_backbone()
+    mg = fitted(bb, delimiters=("|",), max_inference_aug_num=3)  # a token the tiny model emits
+    ids = bb.encode(TEXT)
+    s = GenerationSettings(max_new_tokens=16)
+    whole = generate_one(mg, bb.tokenizer, ids, s, stop_ids=bb.stop_ids)
+    with mg.reasoner():
+        pre = prefill_prefix(bb.model, ids[:9])
+    split = generate_one(mg, bb.tokenizer, ids[9:], s, stop_ids=bb.stop_ids, prefix=pre,
+                         weaver_prefix=weave_prefix(mg, pre, ids[:9]))
+    official = generate_one(mg, bb.tokenizer, ids, s, stop_ids=bb.stop_ids, reprefill=True)
+    assert whole.ids == split.ids == official.ids and whole.insertions >= 1
+
+
+def test_the_training_path_equals_the_decoding_path():
+    """Teacher-forced logits with latents at given points equal the logits the decoder sees feeding the same
+    tokens and inserting at the same points."""
+    bb = make_backbone()
+    mg = fitted(bb)
+    ids = bb.encode(TEXT)
+    points = [(6, "prompt"), (10, "inference"), (14, "inference")]
+    with torch.no_grad():
+        forced = teacher_forced_logits(mg, ids, points)  # row j predicts token j + 1
+        stream = Stream(mg, _new_cache(mg.model), _new_cache(mg.model), 0)
+        at = dict(points)
+        rows = []
+        last = stream.feed(mg.embed(torch.tensor([ids[:1]])))
+        for i in range(1, len(ids)):  # the distribution that predicts token i
+            rows.append(stream.feed(stream.latents(at[i])) if i in at else last)
+            last = stream.feed(mg.embed(torch.tensor([[ids[i]]])))
+    decoded = torch.cat(rows)
+    assert decoded.shape == forced.shape and (decoded - forced).abs().max() < 1e-4
+
+
+def test_insertion_points_follow_the_official_rule():
+    bb = make_backbone()
+    ids = bb.encode("a, b. c, d, e")
+    labels = [-100] * 2 + ids[2:]
+    cfg = MemGenConfig(max_inference_aug_num=2, delimiters=(",",))
+    points = target_insertion_points(ids, labels, bb.tokenizer, cfg)
+    assert points[0] == (2, "prompt") and [k for _, k in points[1:]] == ["inference", "inference"]
+    assert all(bb.tokenizer.decode(ids[:i]).endswith(",") for i, _ in points[1:])
+    assert target_insertion_points(ids, labels, bb.tokenizer, dataclasses.replace(cfg, max_prompt_aug_num=0,
+                                                                                  max_inference_aug_num=0)) == []
+
+
+def test_training_learns_and_the_folder_round_trips(tmp_path):
+    from methods.memgen.method import MemGenMethod
+
+    bb = make_backbone()
+    summary = run_training(train_cfg(tmp_path, "memgen", "train.max_steps=6", "train.lr=0.01",
+                                     "method.weaver_dropout=0.0"), load=lambda _: bb)
+    assert summary["status"] == "complete" and summary["heldout_ce_last"] < summary["heldout_ce_first"]
+    for f in ("adapter_config.json", "adapter_model.safetensors", "memgen_modules.safetensors", "memgen_config.json",
+              "harness_adapter.json"):
+        assert (tmp_path / f).is_file(), f
+    ids = bb.encode(TEXT)
+    s = GenerationSettings(max_new_tokens=10)
+    trained_mg = MemGen.from_folder(make_backbone().model, tmp_path)
+    a = generate_one(trained_mg, bb.tokenizer, ids, s, stop_ids=bb.stop_ids)
+    method = MemGenMethod(name="memgen", adapter=str(tmp_path), max_prompt_aug_num=1, max_inference_aug_num=5)
+    other = make_backbone()
+    method.setup(other, task=None, seed=0)
+    b = generate_one(method.mg, bb.tokenizer, ids, s, stop_ids=bb.stop_ids)
+    assert a.ids == b.ids
+    method.close()
+
+
+def test_resume_continues_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    args = ["train.max_steps=4", "train.lr=0.01", "method.weaver_dropout=0.0"]
+    run_training(train_cfg(tmp_path / "a", "memgen", *args), load=lambda _: make_backbone())
+    assert run_training(train_cfg(tmp_path / "b", "memgen", *args, "run.stop_after_steps=2"),
+                        load=lambda _: make_backbone())["status"] == "paused"
+    run_training(train_cfg(tmp_path / "b", "memgen", *args, "resume=true"), load=lambda _: make_backbone())
+    for f in ("adapter_model.safetensors", "memgen_modules.safetensors"):
+        a, b = load_file(str(tmp_path / "a" / f)), load_file(str(tmp_path / "b" / f))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+
+
+def test_an_adapter_of_another_backbone_is_refused(tmp_path):
+    from harness.errors import HarnessError
+    from methods.memgen.method import MemGenMethod
+
+    run_training(train_cfg(tmp_path, "memgen", "train.max_steps=1"), load=lambda _: make_backbone())
+    other = make_backbone()
+    other.model.model.embed_tokens.weight.data.mul_(1.5)
+    with pytest.raises(HarnessError, match="adapter"):
+        MemGenMethod(name="memgen", adapter=str(tmp_path)).setup(other, task=None, seed=0)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method.max_inference_aug_num=-1", "max_inference_aug_num must be an integer >= 0"),
+    ("method.max_prompt_aug_num=-2", "max_prompt_aug_num must be an integer >= 0"),
+    ("method.weaver_rank=0", "rank must be a positive integer"),
+    ("method.weaver_target_modules=[q_proj,attn]", r"unknown target module\(s\) \['attn'\]"),
+    ("method.trigger=on", "only 'off'"),
+])
+def test_bad_settings_are_refused_before_any_model_loads(tmp_path, override, message):
+    from harness.runner import run_experiment
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=["method=memgen", "method.adapter=null", override, "task=hotpotqa",
+                                           "task.limit=1", f"run.results_dir={tmp_path}", "run.progress=false"])
+    with pytest.raises(ConfigError, match=message):
+        run_experiment(cfg, load=lambda _: pytest.fail("refused before loading"))
+    with pytest.raises(ConfigError, match=message):
+        run_training(train_cfg(tmp_path / "t", "memgen", override), load=lambda _: pytest.fail("no load"))
+
+
+def test_a_run_records_insertions(tmp_path):
+    import json
+
+    from harness.runner import run_experiment
+
+    bb = make_backbone()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=["method=memgen", "method.adapter=null", "method.delimiters=[|]",
+                                           "task=hotpotqa", "task.limit=2", "task.generation.max_new_tokens=8",
+                                           f"run.results_dir={tmp_path}", "run.progress=false"])
+    out = run_experiment(cfg, load=lambda _: bb)
+    rows = [json.loads(l) for l in (out.path / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["method_info"]["prompt_latents"] for r in rows)
+    header = json.loads((out.path / "header.json").read_text())
+    assert header["method_info"]["label"].startswith("trigger off")
+    assert type(bb.model).__name__ == "LlamaForCausalLM" and not any("lora" in n for n, _ in bb.model.named_modules())
