@@ -127,9 +127,13 @@ def generate_one(mg: MemGen, tokenizer, suffix: Sequence[int], settings: Generat
             raise ValueError("the weaver's prefix must cover the reasoner's")
         stream = Stream(mg, r_cache, w_cache, p)
         logits = stream.feed(mg.embed(torch.tensor([list(suffix)], device=dev)))
+        if prefix is None:  # caches that append in place from here on, as the bare decoder's do
+            stream.reasoner_cache = reserve(stream.reasoner_cache, 1, room)
     prompt_block = cfg.max_prompt_aug_num > 0
     if prompt_block:
         logits = stream.feed(stream.latents("prompt"))
+        if not reprefill and weaver_prefix is None:
+            stream.weaver_cache = reserve(stream.weaver_cache, 1, room)
     generator = torch.Generator().manual_seed(int(seed)) if settings.do_sample else None
     out: list[int] = []
     inserted = 0
