@@ -1,11 +1,13 @@
 """``python -m harness.report``: turn the run records under ``results/`` into tables.
 
 Writes to ``reports/``:
-* ``main.md`` / ``main.csv``: methods × tasks (primary metric ×100 with its episode-
-  clustered standard error), the mean over the tasks the row has, and that mean's ratio
-  to the frozen backbone (``vanilla``) on the same tasks, one table per backbone;
+* ``main.md`` / ``main.csv`` / ``main.tex``: the paper's layout (:mod:`harness.report_main`): one row per
+  registered method at its shipped default, on a suite's questions, with the average and ``× vanilla``;
+* ``ablations.md`` / ``ablations.csv``: every record's row (other adapters, protocols, controls, subsets),
+  grouped by method and read against its reference row;
 * ``<task>.md`` / ``<task>.csv``: the per-category breakdown of every method with counts;
-* ``main.png``: a grouped bar chart of the main table;
+* ``main.png``/``cost_quality.png``: per task, the main rows' scores with intervals, and score against prompt
+  cost;
 * ``costs.md`` / ``costs.csv``: what each complete run put into the prompt, per question (prompt,
   context and generated tokens, retrieved pieces, achieved compression), next to its score.
 
@@ -189,6 +191,8 @@ def collect(results_dir: Path) -> dict[tuple[str, str, str, str], Cell]:
                     # only a killed writer leaves a torn last line, and a complete record was not killed
                     raise RecordError(f"{rec.samples_path}: status complete but its last line is cut off")
             cell = _cell_from(h, len(samples))
+            if cell.status != "complete" and not samples:
+                continue  # failed or stopped before its first answer: nothing to show (its header keeps the error)
         except (RecordError, AttributeError, TypeError, ValueError) as exc:
             print(f"[report] unreadable record {rec.path}: {exc}", file=sys.stderr)
             key = _key_from_path(rec.path, results_dir)
@@ -272,9 +276,16 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_main(by_backbone, tasks: list[str], out: Path, notes: list[str] | None = None,
-               missing_data: dict[str, str] | None = None) -> None:
-    md = ["# Main comparison", "",
+def write_all_runs(by_backbone, tasks: list[str], out: Path, notes: list[str] | None = None,
+                   missing_data: dict[str, str] | None = None) -> None:
+    """``ablations.md``/``.csv``: every record's row (other adapters, protocols, controls, subsets), grouped by
+    method, each with its difference to its reference row on the questions both hold."""
+    md = ["# All runs and ablations", "",
+          "Every record, grouped by method: other adapters (named by their weights), protocols, controls and "
+          "subsets. The main table (`main.md`) holds one row per method at its shipped default. "
+          "`vs reference` is the row's mean difference to its reference row (named) over the tasks both have, on "
+          "the questions both records hold, in points ×100: a control against the same method without it, another "
+          "adapter against the shipped one, δ-mem with the history removed against the question-only backbone. "
           "One metric per task ×100 (± standard error clustered by episode; which metric and rule: `Metrics` below, "
           "with a second rule's figure in brackets where a task has one). `mean` averages the tasks a row has; "
           f"`× {BASELINE}` is that mean divided by the frozen backbone's mean on the same tasks. "
@@ -286,16 +297,20 @@ def write_main(by_backbone, tasks: list[str], out: Path, notes: list[str] | None
     for backbone, rows in by_backbone.items():
         md += [f"## Backbone: {backbone}", ""]
         table = []
-        for r in rows:
+        by_key = {(r["method"], r["protocol"]): r for r in rows}
+        for r in sorted(rows, key=lambda r: (base_method(r["method"]) != BASELINE, base_method(r["method"]),
+                                             reference_of(r["method"], r["protocol"]) is not None, r["method"],
+                                             r["protocol"])):
             mean = f"{100 * r['mean']:.2f}" if r["mean"] is not None else "–"
             ratio = f"{r['ratio']:.2f}×" if r["ratio"] is not None else "–"
-            table.append([r["method"], r["protocol"], *(r["cells"][t].text() for t in tasks), mean, ratio])
+            table.append([r["method"], r["protocol"], *(r["cells"][t].text() for t in tasks), mean, ratio,
+                          _vs_reference(r, by_key, tasks)])
             for t in tasks:
                 c = r["cells"][t]
                 csv_rows.append({"backbone": backbone, "method": r["method"], "protocol": r["protocol"], "task": t,
                                  "status": c.status, "value": c.value, "stderr": c.stderr, "n": c.n, "subset": c.subset,
                                  "metric": c.metric or "", "beside": c.beside})
-        md += [_md_table(["method", "protocol", *tasks, "mean", f"× {BASELINE}"], table), ""]
+        md += [_md_table(["method", "protocol", *tasks, "mean", f"× {BASELINE}", "vs reference"], table), ""]
         md += [f"Data unavailable: `{t}`: {why}" for t, why in sorted((missing_data or {}).items())
                if any(r["cells"][t].status == "data unavailable" for r in rows)]
         if missing_data:
@@ -310,12 +325,55 @@ def write_main(by_backbone, tasks: list[str], out: Path, notes: list[str] | None
     md += metric_notes([c for rows in by_backbone.values() for r in rows for c in r["cells"].values()])
     if notes:
         md += [*notes, ""]
-    (out / "main.md").write_text("\n".join(md) + "\n")
-    with open(out / "main.csv", "w", newline="") as f:
+    (out / "ablations.md").write_text("\n".join(md) + "\n")
+    with open(out / "ablations.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["backbone", "method", "protocol", "task", "metric", "status", "value", "stderr",
                                           "n", "subset", "beside"])
         w.writeheader()
         w.writerows(csv_rows)
+
+
+def base_method(label: str) -> str:
+    return label.split(" ", 1)[0]
+
+
+def reference_of(label: str, protocol: str) -> tuple[str, str] | None:
+    """The row an ablation row is read against: the same row without its control, the shipped weights for
+    other weights, the question-only backbone for a memory method with the history removed; None for a
+    method's own default row."""
+    from harness.report_main import FLOOR, default_protocol
+
+    method = base_method(label)
+    if " (control: " in label:
+        return label.split(" (control: ")[0], protocol
+    if label != method:
+        return method, protocol
+    if method in (BASELINE, FLOOR):
+        return None
+    try:
+        default = default_protocol(method)
+    except (OSError, KeyError):
+        return None
+    if protocol == "memory" and default != "memory":
+        return FLOOR, "memory"
+    return None
+
+
+def _vs_reference(row: dict[str, Any], by_key: dict, tasks: list[str]) -> str:
+    ref_key = reference_of(row["method"], row["protocol"])
+    ref = by_key.get(ref_key) if ref_key else None
+    if ref is None:
+        return "reference" if ref_key is None else f"({ref_key[0]} not run)"
+    diffs = []
+    for t in tasks:
+        a, b = row["cells"][t], ref["cells"][t]
+        if a.status == "complete" and b.status == "complete":
+            pair = _same_questions(a, b)
+            if pair is not None:
+                diffs.append(pair[0] - pair[1])
+    if not diffs:
+        return f"no shared task with {ref_key[0]}"
+    return f"{100 * sum(diffs) / len(diffs):+.2f} vs {ref_key[0]} ({len(diffs)} task{'s' * (len(diffs) > 1)})"
 
 
 def metric_notes(cells: list[Cell]) -> list[str]:
@@ -463,65 +521,96 @@ def write_costs(cells: dict[tuple[str, str, str, str], Cell], out: Path) -> None
         w.writerows(csv_rows)
 
 
-def write_plot(by_backbone, tasks: list[str], out: Path) -> None:
-    import matplotlib
+def load_suite(name: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(b, rows) for b, rows in by_backbone.items() if any(r["n_tasks"] for r in rows)]
-    if not panels:
-        return
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 1.6 * len(tasks) + 3) + 3, 3.6 * len(panels)), squeeze=False)
-    for ax, (backbone, rows) in zip(axes[:, 0], panels):
-        rows = [r for r in rows if r["n_tasks"]]
-        width = 0.8 / max(1, len(rows))
-        # tab10 repeats after ten methods, which made two methods share a colour
-        palette = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
-        for i, r in enumerate(rows):
-            is_control = any(c.header.get("config", {}).get("control") for c in r["cells"].values())
-            xs, ys, errs = [], [], []
-            for j, t in enumerate(tasks):
-                c = r["cells"][t]
-                if c.status == "complete":
-                    xs.append(j + i * width)
-                    ys.append(100 * c.value)
-                    errs.append(100 * c.stderr if c.stderr and not math.isnan(c.stderr) else 0)
-            ax.bar(xs, ys, width, yerr=errs, capsize=2, label=f"{r['method']} ({r['protocol']})",
-                   color=palette(i % palette.N), hatch="//" if is_control else None)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks)
-        ax.set_ylabel("primary metric ×100")
-        ax.set_title(f"backbone: {backbone}")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a bar
-    fig.tight_layout()
-    fig.savefig(out / "main.png", dpi=120)
-    plt.close(fig)
+    path = ROOT / "conf" / "suite" / f"{name}.yaml"
+    if not path.is_file():
+        choices = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise FileNotFoundError(f"--suite {name}: no {path} (suites: {', '.join(choices)})")
+    return OmegaConf.to_container(OmegaConf.load(path)).get("suite", {})
 
 
-def build_report(results_dir: Path, out: Path) -> dict[str, Any]:
+def write_main(cells: dict[tuple[str, str, str, str], Cell], out: Path, suite: dict[str, Any]) -> dict[str, Any]:
+    """``main.md``/``.csv``/``.tex``: the paper's layout, one row per registered method at its shipped default."""
+    from harness import report_main as rm
+
+    md = ["# Main comparison", "",
+          f"Suite `{suite.get('name')}`: every registered method at its shipped default (its own protocol; "
+          "δ-mem with its shipped adapter), on the same questions. Metric ×100 ± standard error clustered by "
+          "episode. Other adapters, protocols, controls and subsets: `ablations.md`; per category: `<task>.md`; "
+          "costs: `costs.md`.", ""]
+    csv_rows, tex_parts, filled, total = [], [], 0, 0
+    for backbone in sorted({k[0] for k in cells}):
+        rows, missing = rm.build_rows(cells, backbone, suite)
+        if not rows:
+            continue
+        cols = rm.summarise_rows(rows)
+        header, body = rm.table_lines(rows)
+        notes = rm.footnotes(cols, suite, stand_in_notes([(k, c) for k, c in cells.items() if k[0] == backbone]),
+                             missing)
+        md += [f"## Backbone: {backbone}", "", _md_table(header, body), "", *notes, ""]
+        tex_parts.append(f"% Backbone: {backbone}\n" + rm.to_latex(header, body, notes))
+        for r in rows:
+            for col in rm.COLUMNS:
+                c = r["cells"][col.header]
+                total += c.status != "–"
+                filled += c.status == "complete"
+                csv_rows.append({"backbone": backbone, "method": r["method"], "protocol": r["protocol"],
+                                 "column": col.header, "task": col.task, "metric": col.metric, "status": c.status,
+                                 "value": c.value, "stderr": c.stderr, "n": c.n, "expected": c.expected,
+                                 "beside": c.beside, "average": r.get("average"),
+                                 "ratio": (r.get("ratio") or (None,))[0]})
+    (out / "main.md").write_text("\n".join(md) + "\n")
+    (out / "main.tex").write_text("\n".join(tex_parts))
+    with open(out / "main.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["backbone", "method", "protocol", "column", "task", "metric", "status",
+                                          "value", "stderr", "n", "expected", "beside", "average", "ratio"])
+        w.writeheader()
+        w.writerows(csv_rows)
+    return {"filled": filled, "cells": total}
+
+
+def build_report(results_dir: Path, out: Path, suite: str = "paper") -> dict[str, Any]:
     cells = collect(results_dir)
     tasks = sorted(set(config_choices("task")) | {k[3] for k in cells})
     out.mkdir(parents=True, exist_ok=True)
     # only tasks without any record are probed: loading a task's data is the only way to know it is there
     missing = {t: why for t in tasks if not any(k[3] == t for k in cells) and (why := task_data_problem(t))}
     by_backbone = main_rows(cells, tasks, missing)
-    write_main(by_backbone, tasks, out, stand_in_notes(cells.items()), missing)
+    main = write_main(cells, out, load_suite(suite))
+    write_all_runs(by_backbone, tasks, out, stand_in_notes(cells.items()), missing)
     write_breakdowns(cells, tasks, out)
     write_costs(cells, out)
-    write_plot(by_backbone, tasks, out)
-    return {"records": len(cells), "backbones": list(by_backbone), "tasks": tasks}
+    from harness.report_figures import write_figures
+
+    write_figures(cells, out, load_suite(suite))
+    return {"records": len(cells), "backbones": list(by_backbone), "tasks": tasks, **main}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="Build comparison tables from run records.")
-    ap.add_argument("--results", default=str(ROOT / "results"))
-    ap.add_argument("--out", default=str(ROOT / "reports"))
+    ap = argparse.ArgumentParser(
+        prog="python -m harness.report",
+        description="Turn run records into tables and figures: main.md/.csv/.tex (the paper's layout: one row per "
+                    "registered method at its shipped default, on the suite's questions), ablations.md (every other "
+                    "record, each against its reference row), <task>.md (per category), costs.md, main.png and "
+                    "cost_quality.png. Only records are read; nothing is run.",
+        epilog="Report just your own runs: python -m harness.report --results my_results --out my_reports "
+               "(after python -m harness ... run.results_dir=my_results).")
+    ap.add_argument("--results", default=str(ROOT / "results"), help="folder of run records (default: results/)")
+    ap.add_argument("--out", default=str(ROOT / "reports"), help="folder the tables are written to (default: reports/)")
+    ap.add_argument("--suite", default="paper", help="the suite whose questions the main table uses (conf/suite/)")
     args = ap.parse_args()
     if not Path(args.results).is_dir():  # never replace the reports with empty tables
         print(f"error: --results {args.results}: no such folder; nothing written to {args.out}", file=sys.stderr)
         sys.exit(2)
-    info = build_report(Path(args.results), Path(args.out))
-    print(f"[report] {info['records']} records, backbones {info['backbones']} -> {args.out}")
+    try:
+        info = build_report(Path(args.results), Path(args.out), suite=args.suite)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(f"[report] read {info['records']} records (best per method, protocol and task) from {args.results}; "
+          f"main table: {info['filled']} of {info['cells']} cells filled; backbones {info['backbones']} -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ from harness.records import (RecordError, RecordLock, RunRecord, config_hash, da
 from harness.rescore import rescore_record
 from harness.types import SampleRecord
 
-# Keys that change where/how a run is displayed but never what it computes.
-_NON_SEMANTIC = ("run",)
+# Keys that change where/how a run is displayed but never what it computes (a suite only sets task.limit,
+# which is in the hash itself, so a suite's record is the record of the same settings given by hand).
+_NON_SEMANTIC = ("run", "suite")
 # Settings added after records were made, at the value those records hold (for GPQA's scoring: after the
 # runner has rescored them, which it does before using an older record): at that value they are left out of
 # the hash, so the older records keep it and still resume or skip. (group, key) -> (only for this task, value)
@@ -38,9 +39,27 @@ class RunInterrupted(HarnessError):
 
 @dataclass
 class RunOutcome:
-    path: Path
-    status: str  # "complete" | "skipped"
+    path: Path | None
+    status: str  # "complete" | "skipped" | "not applicable" (a suite's method x task it leaves out)
     metrics: dict[str, Any]
+
+
+def apply_suite(cfg: DictConfig) -> str | None:
+    """A suite's settings for this method × task (``+suite=paper``): its question limit (unless task.limit was
+    given), or why the pair is not run."""
+    from omegaconf import open_dict
+
+    suite = cfg.get("suite")
+    if not suite:
+        return None
+    method, task = str(cfg.method.name), str(cfg.task.name)
+    if task in ((suite.get("skip") or {}).get(method) or ()):
+        return f"suite {suite.get('name')}: {method} does not run on {task}"
+    limit = (suite.get("limits") or {}).get(task)
+    if limit is not None and cfg.task.get("limit") is None:
+        with open_dict(cfg):
+            cfg.task.limit = int(limit)
+    return None
 
 
 def semantic_config(cfg: DictConfig) -> dict[str, Any]:
@@ -141,6 +160,10 @@ def build(node: DictConfig, group: str):
 
 def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_backbone) -> RunOutcome:
     check_run_settings(cfg)
+    not_run = apply_suite(cfg)
+    if not_run:
+        print(f"[harness] {not_run}; nothing to do", file=sys.stderr)
+        return RunOutcome(None, "not applicable", {})
     seed = int(cfg.seed)
     if cfg.run.get("threads"):
         torch.set_num_threads(int(cfg.run.threads))
@@ -191,7 +214,9 @@ def _run_locked(cfg, load, task, method, episodes, names, seed, control, semanti
               f"{entry['to_version']} ({entry['samples']} samples, no model run)", file=sys.stderr)
         previous = record.header()
     if previous and previous.get("status") == "complete":
-        print(f"[harness] skip: {record.path} is complete", file=sys.stderr)
+        print(f"[harness] skip: {record.path} is complete (a committed or earlier run of these settings); "
+              "recompute it with run.force=true, or run into a folder of your own with run.results_dir=DIR",
+              file=sys.stderr)
         return RunOutcome(record.path, "skipped", previous.get("metrics", {}))
 
     done = record.samples(repair=True)

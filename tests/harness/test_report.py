@@ -36,22 +36,27 @@ def test_main_table_ratio_and_missing_cells(tmp_path):
     write(res, "vanilla", "hotpotqa", "complete", 0.40)
     write(res, "deltamem_tsw", "locomo", "complete", 0.30)
     write(res, "deltamem_tsw", "hotpotqa", "failed", error="RuntimeError: boom")
+    _samples(res, "deltamem_tsw", "hotpotqa", {"q1": 0.5})  # failed after its first answer: shown as failed
     write(res, "vanilla", "memoryagentbench", "failed", error="DataError: x.parquet: not found")
     write(res, "vanilla_nocontext", "locomo", "complete", 0.05, protocol="memory", limit=20)
     write(res, "deltamem_tsw", "ifeval", "running")
+    _samples(res, "deltamem_tsw", "ifeval", {"q1": 0.5, "q2": 0.5})
+    write(res, "deltamem_tsw", "gpqa_diamond", "failed", error="ConfigError: bad")  # no answer at all: not shown
     build_report(res, out)
-    md = (out / "main.md").read_text()
+    md = (out / "ablations.md").read_text()
     row = next(l for l in md.splitlines() if l.startswith("| deltamem_tsw"))
-    assert "30.00 ± 1.00" in row and "failed" in row and "not run" in row and "incomplete (0/10)" in row
-    assert row.rstrip(" |").endswith("1.50×")  # 0.30 / 0.20 on the one shared task
+    cols = [c.strip() for c in row.strip("|").split("|")]
+    assert "30.00 ± 1.00" in row and "failed" in row and "not run" in row and "incomplete (2/10)" in row
+    assert cols[2] == "not run"  # gpqa_diamond: the record failed before its first answer
+    assert cols[-2] == "1.50×"  # 0.30 / 0.20 on the one shared task
     van = next(l for l in md.splitlines() if l.startswith("| vanilla |"))
     assert "data unavailable" in van and "30.00" in van  # mean of 0.2 and 0.4
     assert "5.00 ± 1.00 †" in md
     # wall time sums the sessions and says how many samples it covers
     assert "| vanilla | locomo | 15 | 10/10 | 1.50 |" in md
-    rows = list(csv.DictReader(open(out / "main.csv")))
+    rows = list(csv.DictReader(open(out / "ablations.csv")))
     assert {r["status"] for r in rows} >= {"complete", "failed", "not run", "data unavailable"}
-    assert (out / "locomo.md").exists() and (out / "main.png").exists()
+    assert (out / "locomo.md").exists() and (out / "main.md").exists() and (out / "main.tex").exists()
     assert "a" in (out / "locomo.md").read_text()
 
 
@@ -93,10 +98,10 @@ def test_one_method_under_two_protocols_gives_two_rows(tmp_path):
                       "protocol": "context", "primary_metric": "f1", "config": {"task": {}},
                       "metrics": {"overall": {"f1": {"mean": 0.30, "stderr": 0.01, "n": 10}}, "by_category": {}}})
     build_report(res, out)
-    md = (out / "main.md").read_text()
+    md = (out / "ablations.md").read_text()
     assert "| deltamem_msw | context | " in md and "| deltamem_msw | memory | " in md
     ctx = next(l for l in md.splitlines() if l.startswith("| deltamem_msw | context"))
-    assert "30.00" in ctx and ctx.rstrip(" |").endswith("1.50×")
+    assert "30.00" in ctx and [c.strip() for c in ctx.strip("|").split("|")][-2] == "1.50×"
     costs = (out / "costs.md").read_text()
     assert "deltamem_msw (context)" in costs and "deltamem_msw (memory)" in costs
 
@@ -108,9 +113,9 @@ def test_subset_ratio_uses_the_baselines_score_on_the_same_questions(tmp_path):
     write(res, "bm25_rag", "locomo", "complete", 0.30, protocol="memory", limit=2)
     _samples(res, "bm25_rag", "locomo", {"q1": 0.3, "q2": 0.3})
     build_report(res, out)
-    row = next(l for l in (out / "main.md").read_text().splitlines() if l.startswith("| bm25_rag"))
+    row = next(l for l in (out / "ablations.md").read_text().splitlines() if l.startswith("| bm25_rag"))
     # 0.30 against vanilla's 0.10 on q1, q2 (not its 0.25 over all four)
-    assert "30.00 ± 1.00 †" in row and row.rstrip(" |").endswith("3.00×")
+    assert "30.00 ± 1.00 †" in row and [c.strip() for c in row.strip("|").split("|")][-2] == "3.00×"
 
 
 def test_many_categories_turn_the_breakdown_table(tmp_path):
@@ -131,7 +136,7 @@ def test_an_untrained_or_foreign_adapter_is_its_own_row(tmp_path):
                                 ("mine", "/runs/my_adapter", 0.25)]:
         write_adapter_run(res, tag, {"adapter": adapter}, value)
     build_report(res, out)
-    md = (out / "main.md").read_text()
+    md = (out / "ablations.md").read_text()
     shipped = next(l for l in md.splitlines() if l.startswith("| deltamem_msw | memory |"))
     assert "30.00 ± 1.00" in shipped  # the shipped adapter keeps the plain name
     assert "| deltamem_msw (untrained) | memory |" in md and "| deltamem_msw (my_adapter) | memory |" in md
@@ -153,7 +158,7 @@ def adapter_folders(tmp_path, monkeypatch, payloads: dict[str, bytes]) -> dict[s
 
 def memory_rows(res, out) -> dict[str, str]:
     build_report(res, out)
-    return {l.split(" | ")[0].lstrip("| "): l for l in (out / "main.md").read_text().splitlines() if "| memory |" in l}
+    return {l.split(" | ")[0].lstrip("| "): l for l in (out / "ablations.md").read_text().splitlines() if "| memory |" in l}
 
 
 def test_runs_with_a_superseded_shipped_adapter_are_not_shown_as_the_default(tmp_path, monkeypatch):
@@ -198,7 +203,7 @@ def test_partial_data_stand_ins_and_unavailable_data_are_said(tmp_path, monkeypa
                       "metrics": {"overall": {"f1": {"mean": 0.1, "stderr": 0.01, "n": 10}}, "by_category": {}}})
     monkeypatch.setattr(report, "task_data_problem", lambda t: "no parquet here" if t == "memoryagentbench" else None)
     build_report(res, out)
-    md = (out / "main.md").read_text()
+    md = (out / "ablations.md").read_text()
     row = next(l for l in md.splitlines() if l.startswith("| llmlingua1_smol"))
     assert "10.00 ± 1.00 †" in row  # a partial data file is a subset even without task.limit
     assert row.count("data unavailable") == 1 and "Data unavailable: `memoryagentbench`: no parquet here" in md
@@ -222,6 +227,6 @@ def test_a_run_that_did_not_write_its_answers_is_its_own_row(tmp_path):
         cfg = {"adapter": "adapters/tiny/deltamem_msw", **({} if flag is None else {"write_generated": flag})}
         write_adapter_run(res, tag, cfg, value)
     build_report(res, out)
-    rows = {l.split(" | ")[0].lstrip("| "): l for l in (out / "main.md").read_text().splitlines() if "| memory |" in l}
+    rows = {l.split(" | ")[0].lstrip("| "): l for l in (out / "ablations.md").read_text().splitlines() if "| memory |" in l}
     assert set(rows) == {"deltamem_msw", "deltamem_msw (generated tokens not written)"}
     assert "25.00" in rows["deltamem_msw (generated tokens not written)"]
