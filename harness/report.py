@@ -479,12 +479,34 @@ def cost_of(cell: Cell) -> dict[str, Any]:
     ratios = [float(s.method_info["compression_ratio"]) for s in samples
               if s.method_info.get("compression_ratio") is not None]
     memory = [float(s.method_info["memory_bytes"]) for s in samples if s.method_info.get("memory_bytes") is not None]
-    return {"n": len(samples),
+    return {"n": len(samples), "trainable_parameters": (cell.header.get("method_info") or {}).get("trainable_parameters"),
+            "memory_held": memory_held(samples),
             "prompt_tokens": _mean([s.prompt_tokens for s in samples]),
             "context_tokens": _mean([s.context_tokens for s in samples]),
             "new_tokens": _mean([s.new_tokens for s in samples]),
             "retrieved": _mean(retrieved), "compression": _mean(ratios),
             "memory_kb": None if not memory else _mean(memory) / 1024}
+
+
+def memory_held(samples) -> str | None:
+    """What a method keeps per episode besides the prompt, in its own unit (the ingest record of the first
+    sample of each episode): δ-mem's state bytes, a retriever's indexed pieces, a compressor's kept tokens,
+    MemoryBank's stored documents; the in-context methods hold the context itself (as KV cache)."""
+    firsts = {}
+    for s in samples:
+        if s.method_info.get("ingest") and s.episode_id not in firsts:
+            firsts[s.episode_id] = s.method_info["ingest"]
+    if not firsts:
+        ctx = [s.context_tokens for s in samples if s.context_tokens]
+        return f"{_mean(ctx):,.0f} context tokens (KV cache)" if ctx else None
+    info = list(firsts.values())
+    for key, unit in (("state_bytes", "KB state"), ("n_docs", "documents"), ("n_chunks", "pieces indexed"),
+                      ("context_tokens_kept", "tokens kept"), ("context_tokens", "context tokens (KV cache)")):
+        values = [float(i[key]) for i in info if i.get(key) is not None]
+        if values:
+            value = _mean(values) / (1024 if key == "state_bytes" else 1)
+            return f"{value:,.1f} {unit}" if key == "state_bytes" else f"{value:,.0f} {unit}"
+    return None
 
 
 def write_costs(cells: dict[tuple[str, str, str, str], Cell], out: Path) -> None:
@@ -497,26 +519,30 @@ def write_costs(cells: dict[tuple[str, str, str, str], Cell], out: Path) -> None
           "of the episode context in it (retrieved, compressed or summarised for the text-memory methods; 0 when "
           "the method keeps it out of the prompt), `generated` the new tokens. `retrieved`: pieces put into the "
           "prompt; `compression`: achieved original/compressed ratio recorded by the compressor; `memory KB`: the size "
-          "of a method's own memory per sequence (δ-mem's states).", ""]
+          "of a method's own memory per sequence (δ-mem's states); `memory held`: what the method keeps per episode "
+          "in its own unit (state bytes, indexed pieces, stored documents, kept tokens; the in-context methods hold "
+          "the context as KV cache); `trainable`: parameters the method trained (0: none).", ""]
     rows, csv_rows = [], []
     fmt = lambda v, d=1: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
     for (backbone, method, protocol, task), cell in done:
         c = cost_of(cell)
         label = _row_label(method, protocol, protocols_of) + (" †" if cell.subset else "")
+        params = c["trainable_parameters"]
         rows.append([backbone, task, label, cell.text(), fmt(c["prompt_tokens"]), fmt(c["context_tokens"]),
-                     fmt(c["new_tokens"]), fmt(c["retrieved"]), fmt(c["compression"], 2), fmt(c["memory_kb"])])
+                     fmt(c["new_tokens"]), fmt(c["retrieved"]), fmt(c["compression"], 2), fmt(c["memory_kb"]),
+                     c["memory_held"] or "–", "0" if params is None else f"{params:,}"])
         csv_rows.append({"backbone": backbone, "task": task, "method": method, "protocol": protocol,
                          "subset": cell.subset,
                          "metric": cell.metric or "", "value": cell.value, **c})
     md += [_md_table(["backbone", "task", "method", "score ×100", "prompt", "context", "generated", "retrieved",
-                      "compression", "memory KB"], rows), ""]
+                      "compression", "memory KB", "memory held", "trainable"], rows), ""]
     md += metric_notes([c for _, c in done])
     md += [*stand_in_notes(done), ""]
     (out / "costs.md").write_text("\n".join(md) + "\n")
     with open(out / "costs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["backbone", "task", "method", "protocol", "subset", "metric", "value", "n",
                                           "prompt_tokens", "context_tokens", "new_tokens", "retrieved", "compression",
-                                          "memory_kb"])
+                                          "memory_kb", "memory_held", "trainable_parameters"])
         w.writeheader()
         w.writerows(csv_rows)
 

@@ -76,8 +76,8 @@ def test_cost_table_means_over_the_samples(tmp_path):
     build_report(res, out)
     md = (out / "costs.md").read_text()
     # bm25: prompt (100+120+140)/3, context 60, generated (4+5+6)/3, retrieved (1+2+3)/3; no compression
-    assert "| tiny | locomo | bm25_rag | 25.00 ± 1.00 | 120.0 | 60.0 | 5.0 | 2.0 | – | – |" in md
-    assert "| tiny | locomo | llmlingua1_smol | 10.00 ± 1.00 | 50.0 | 30.0 | 2.0 | – | 3.00 | 1.5 |" in md
+    assert "| tiny | locomo | bm25_rag | 25.00 ± 1.00 | 120.0 | 60.0 | 5.0 | 2.0 | – | – | 60 context tokens (KV cache) | 0 |" in md
+    assert "| tiny | locomo | llmlingua1_smol | 10.00 ± 1.00 | 50.0 | 30.0 | 2.0 | – | 3.00 | 1.5 | 30 context tokens (KV cache) | 0 |" in md
     assert "| vanilla |" not in md  # only complete runs have a cost
     rows = {r["method"]: r for r in csv.DictReader(open(out / "costs.csv"))}
     assert set(rows) == {"bm25_rag", "llmlingua1_smol"} and float(rows["bm25_rag"]["retrieved"]) == 2.0
