@@ -38,7 +38,8 @@ from typing import Any
 
 from harness.errors import DataError
 from harness.types import Episode, Query, Score
-from tasks.base import Task, data_root
+from tasks.base import Task
+from tasks.data_location import locate, where_to_put
 from tasks.gpqa_diamond.extract import RULES, extract_all
 from tasks.gpqa_diamond.extract import extract_reference as extract_letter  # noqa: F401  (the former name)
 from tasks.gpqa_diamond.withhold import Withholder
@@ -46,6 +47,7 @@ from tasks.hub import HubSource, hub_fingerprint, is_hub_uri, load_hub_dataset, 
 from tasks.qa_metrics import fill_template
 
 DEFAULT_ZIP = Path("gpqa") / "dataset.zip"
+PACKAGED = Path(__file__).parent / "data" / "dataset.zip"  # as its authors distribute it (CC BY 4.0)
 HUB = {"name": "gpqa_diamond", "split": "train"}  # defaults of an hf://Idavidrein/gpqa data_path
 MEMBER = "dataset/gpqa_diamond.csv"
 LETTERS = "ABCD"
@@ -83,7 +85,7 @@ _LOGLIK_PREDICTION = re.compile(r"^\(([ABCD])\)$")
 def read_encrypted_csv(zip_path: Path, member: str, password: str) -> list[dict[str, str]]:
     """Rows of one CSV inside the encrypted zip, decrypted in memory (nothing touches disk)."""
     if not zip_path.is_file():
-        raise DataError(zip_path, "GPQA dataset.zip not found (set task.data_path, HARNESS_GPQA or HARNESS_DATA)")
+        raise DataError(zip_path, "GPQA dataset.zip not found (" + where_to_put("gpqa_diamond", "data_path", "HARNESS_GPQA", DEFAULT_ZIP) + ")")
     try:
         with zipfile.ZipFile(zip_path) as z:
             if member not in z.namelist():
@@ -142,9 +144,9 @@ class GPQADiamondTask(Task):
         missing = [k for k in ("generative", "option", "loglik", "loglik_choice") if k not in prompts]
         if missing:
             raise ValueError(f"task.prompts is missing {missing}")
-        where = data_path or os.environ.get("HARNESS_GPQA")
+        where = locate(data_path, "HARNESS_GPQA", DEFAULT_ZIP, packaged=PACKAGED, hub="hf://Idavidrein/gpqa")
         self.hub = parse_hub_uri(where, **HUB) if is_hub_uri(where) else None
-        self.path = Path(where).expanduser() if where and not self.hub else data_root() / DEFAULT_ZIP
+        self.path = Path(where).expanduser()
         self._rows: list[dict[str, str]] | None = None
         self.member = member
         self.password_file = Path(password_file).expanduser() if password_file else self.path.parent / "PASSWORD"
@@ -170,7 +172,7 @@ class GPQADiamondTask(Task):
             if self.hub:
                 self._rows = hub_gpqa(self.hub)
             elif not self.path.is_file():
-                raise DataError(self.path, "GPQA dataset.zip not found (set task.data_path, HARNESS_GPQA or HARNESS_DATA)")
+                raise DataError(self.path, "GPQA dataset.zip not found (" + where_to_put("gpqa_diamond", "data_path", "HARNESS_GPQA", DEFAULT_ZIP) + ")")
             else:
                 self._rows = read_encrypted_csv(self.path, self.member, self._password())
         return self._rows

@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 from harness.errors import DataError
 from harness.types import ContextUnit, Episode, Query, RenderedContext, Score
-from tasks.base import Task, data_root
+from tasks.base import Task
+from tasks.data_location import locate, where_to_put
 from tasks.hub import HubSource, hub_fingerprint, is_hub_uri, load_hub_rows, parse_hub_uri
 from tasks.qa_metrics import em_lenient, em_official, f1_lenient, f1_official, fill_template, first_line
 
@@ -79,7 +80,7 @@ def _check_unique(rows: list[dict[str, Any]], where: Any) -> list[dict[str, Any]
 def parse_hotpotqa(path: Path) -> list[dict[str, Any]]:
     """Read and validate the HF ``hotpot_qa``/``distractor`` layout, one JSON object per line."""
     if not path.is_file():
-        raise DataError(path, "HotpotQA file not found (set task.data_path, HARNESS_HOTPOTQA or HARNESS_DATA)")
+        raise DataError(path, "HotpotQA file not found (" + where_to_put("hotpotqa", "data_path", "HARNESS_HOTPOTQA", DEFAULT_FILE) + ")")
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
@@ -118,9 +119,9 @@ class HotpotQATask(Task):
         missing = [k for k in ("with_context", "without_context", "passage") if k not in prompts]
         if missing:
             raise ValueError(f"task.prompts is missing {missing}")
-        where = data_path or os.environ.get("HARNESS_HOTPOTQA")
+        where = locate(data_path, "HARNESS_HOTPOTQA", DEFAULT_FILE, hub="hf://hotpotqa/hotpot_qa")
         self.hub = parse_hub_uri(where, **HUB) if is_hub_uri(where) else None
-        self.path = Path(where).expanduser() if where and not self.hub else data_root() / DEFAULT_FILE
+        self.path = Path(where).expanduser()
         self.scoring, self.answer_extraction, self.prompts = scoring, answer_extraction, prompts
         self._rows: list[dict[str, Any]] | None = None
 

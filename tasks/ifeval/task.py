@@ -34,10 +34,12 @@ from typing import Any, Callable, Sequence
 from harness.errors import DataError
 from harness.metrics import summarise
 from harness.types import Episode, Query, SampleRecord, Score
-from tasks.base import Task, data_root
+from tasks.base import Task
+from tasks.data_location import locate, where_to_put
 from tasks.hub import HubSource, hub_fingerprint, is_hub_uri, load_hub_rows, parse_hub_uri
 
 DEFAULT_FILE = Path("ifeval") / "input_data.jsonl"
+PACKAGED = Path(__file__).parent / "data" / "input_data.jsonl"  # Apache-2.0, shipped
 HUB = {"split": "train"}  # defaults of an hf://google/IFEval data_path
 EPISODE_ID = "ifeval"
 METRICS = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc")
@@ -101,7 +103,7 @@ def validate_row(row: Any, fail: Callable[[str], DataError]) -> dict[str, Any]:
 
 def parse_ifeval(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
-        raise DataError(path, "IFEval input_data.jsonl not found (set task.data_path, HARNESS_IFEVAL or HARNESS_DATA)")
+        raise DataError(path, "IFEval input_data.jsonl not found (" + where_to_put("ifeval", "data_path", "HARNESS_IFEVAL", DEFAULT_FILE) + ")")
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
@@ -132,9 +134,9 @@ class IFEvalTask(Task):
 
     def __init__(self, *, data_path: str | None = None, **kw: Any):
         super().__init__(**kw)
-        where = data_path or os.environ.get("HARNESS_IFEVAL")
+        where = locate(data_path, "HARNESS_IFEVAL", DEFAULT_FILE, packaged=PACKAGED, hub="hf://google/IFEval")
         self.hub = parse_hub_uri(where, **HUB) if is_hub_uri(where) else None
-        self.path = Path(where).expanduser() if where and not self.hub else data_root() / DEFAULT_FILE
+        self.path = Path(where).expanduser()
         self._rows: list[dict[str, Any]] | None = None
 
     def rows(self) -> list[dict[str, Any]]:

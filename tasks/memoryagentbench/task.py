@@ -32,8 +32,12 @@ from harness.errors import DataError
 from harness.metrics import aggregate_scores, summarise
 from harness.types import ContextUnit, Episode, GenerationSettings, Query, RenderedContext, SampleRecord, Score
 from tasks.base import Task, data_root
+from tasks.data_location import locate
 from tasks.hub import HubSource, is_hub_uri, load_hub_dataset, parse_hub_uri, rows_sha256
 from tasks.memoryagentbench.scoring import lenient_correct, lenient_f1, load_catalog, official_scores, parse_output
+
+# the revision others cite (../shared/data/README.md); a fresh online clone reads it when nothing is local
+HUB_FALLBACK = "hf://ai-hyz/MemoryAgentBench@7ea066982b140a19337e17e60d45d4076e042faf"
 from tasks.memoryagentbench.sources import CATEGORY, SPLITS, official_metric, reference_metric, settings_for
 from tasks.qa_metrics import fill_template, first_line
 
@@ -195,9 +199,9 @@ class MemoryAgentBenchTask(Task):
         for k in ("system", "memorize", "query"):
             if k not in prompts["official"]:
                 raise ValueError(f"task.prompts.official is missing {k!r}")
-        where = data_dir or os.environ.get("HARNESS_MAB")
+        where = locate(data_dir, "HARNESS_MAB", "memoryagentbench", hub=HUB_FALLBACK)
         self.hub = parse_hub_uri(where) if is_hub_uri(where) else None
-        self.data_dir = Path(where if where and not self.hub else data_root() / "memoryagentbench").expanduser()
+        self.data_dir = Path(where if not self.hub else data_root() / "memoryagentbench").expanduser()
         self.splits, self.sources = list(splits), list(sources) if sources else None
         self.rows, self.prompt_style, self.scoring = rows, prompt_style, scoring
         self.max_context_chars, self.chunk_chars = max_context_chars, chunk_chars
