@@ -18,6 +18,8 @@ from harness.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_DIR = ROOT / "adapters"
+# superseded adapters kept as the lab notebook's evidence; their runs are labelled by the folder that keeps them
+KEPT_DIR = ROOT / "experiments" / "adapters"
 SHIPPED = "shipped"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".bin")
 
@@ -61,8 +63,8 @@ def weights_label(backbone: str, method: str, adapter: str, sha256: str | None) 
 
     Weights are identified by their hash, not by the path they were run from, so a candidate run before it
     became the default joins the default's row, and a run of a superseded default is named by the folder under
-    ``adapters/<backbone>/`` that keeps it now (e.g. ``form_only``). Without such a folder: the adapter
-    folder's name for a run from another path, or the hash prefix for a run made with ``adapter: shipped``,
+    ``adapters/<backbone>/`` or ``experiments/adapters/<backbone>/`` that keeps it now (e.g. ``form_only``).
+    Without such a folder: the adapter folder's name for a run from another path, or the hash prefix for a run made with ``adapter: shipped``,
     so a table never shows other weights under the current default's name. Records that predate weight
     hashes are named by their path alone."""
     folder = SHIPPED_DIR / backbone
@@ -72,10 +74,11 @@ def weights_label(backbone: str, method: str, adapter: str, sha256: str | None) 
         return None if from_shipped else Path(adapter).name
     if _stamped_sha256(current) == sha256:
         return None
-    for candidate in sorted(p for p in folder.rglob("*") if p.is_dir() and p != current):
-        if _weight_files(candidate) and _stamped_sha256(candidate) == sha256:
-            rel = candidate.relative_to(folder)  # current is excluded, so a folder named as the method has a parent
-            return str(rel.parent) if rel.name == method else candidate.name
+    for root in (folder, KEPT_DIR / backbone):
+        for candidate in sorted(p for p in root.rglob("*") if p.is_dir() and p != current):
+            if _weight_files(candidate) and _stamped_sha256(candidate) == sha256:
+                rel = candidate.relative_to(root)  # current is excluded, so a folder named as the method has a parent
+                return str(rel.parent) if rel.name == method else candidate.name
     return f"earlier shipped adapter {sha256[:8]}" if from_shipped else Path(adapter).name
 
 

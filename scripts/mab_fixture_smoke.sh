@@ -3,7 +3,7 @@
 # (the official data cannot be obtained here). Proves the path from parquet to scores with a real model;
 # the scores are of synthetic fixture rows and mean nothing about MemoryAgentBench.
 #   bash scripts/mab_fixture_smoke.sh [method] [extra harness overrides...]
-# Writes reports/smoke/memoryagentbench_fixture_<method>.{md,json}; the run record stays in a temp folder.
+# Writes experiments/smoke/memoryagentbench_fixture_<method>.{md,json}; the run record stays in a temp folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 method=${1:-vanilla}
@@ -22,7 +22,7 @@ start=$(date +%s)
 .venv/bin/python -m harness method="$method" task=memoryagentbench task.data_dir="$work/mab" \
   task.entity2id_path="$work/mab/entity2id.json" run.results_dir="$work/results" run.progress=false "$@"
 wall=$(( $(date +%s) - start ))
-mkdir -p reports/smoke
+mkdir -p experiments/smoke
 .venv/bin/python - "$work/results" "$method" "$wall" <<'PY'
 import json, sys
 from pathlib import Path
@@ -30,7 +30,7 @@ header_path = next(Path(sys.argv[1]).glob("**/header.json"))
 h = json.loads(header_path.read_text())
 samples = [json.loads(l) for l in (header_path.parent / "samples.jsonl").read_text().splitlines()]
 method, wall = sys.argv[2], int(sys.argv[3])
-out = Path("reports/smoke") / f"memoryagentbench_fixture_{method}"
+out = Path("experiments/smoke") / f"memoryagentbench_fixture_{method}"
 json.dump({"status": h["status"], "metrics": h.get("metrics"), "wall_s": wall, "n_samples": len(samples),
            "backbone": h["backbone"], "method": method, "config_hash": h["config_hash"], "git": h.get("git")},
           open(f"{out}.json", "w"), indent=1)

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 root=probes/recall
 data=$root/data/copy20.jsonl
 mkdir -p "$root/data"
-[ -f "$data" ] || gunzip -c reports/training/recall_probe_copy20_msw_lr3e-3/copy20.jsonl.gz > "$data"
+[ -f "$data" ] || gunzip -c experiments/training/recall_probe_copy20_msw_lr3e-3/copy20.jsonl.gz > "$data"
 
 run_stage() {  # out_dir, then overrides
   local out=$1; shift

@@ -12,7 +12,7 @@ Build the file once per backbone (greedy decoding). A reply cut at the token lim
 would keep only the short ones, and SmolLM2 mostly writes long answers) but marked ``"stopped": false``: its
 episode has no end-of-turn label, so the adapter is not taught to stop mid-sentence.
 
-    python -m harness.training.self_replies --out reports/training/self_replies_smollm2_135m/replies.jsonl.gz --threads 1
+    python -m harness.training.self_replies --out experiments/training/self_replies_smollm2_135m/replies.jsonl.gz --threads 1
 
 (the defaults, 480 instructions, 192 new tokens, batches of 32, made the committed SmolLM2 file in 1,051 s
 of one core; 327 replies were cut at the limit)

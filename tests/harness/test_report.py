@@ -174,6 +174,23 @@ def test_runs_with_a_superseded_shipped_adapter_are_not_shown_as_the_default(tmp
     assert "15.00" in rows["deltamem_msw (earlier shipped adapter abababab)"]
 
 
+def test_superseded_adapters_kept_in_the_experiments_folder_keep_their_label(tmp_path, monkeypatch):
+    import harness.adapters as adapters
+
+    sha = adapter_folders(tmp_path, monkeypatch, {"tiny/deltamem_msw": b"new"})
+    kept = tmp_path / "experiments" / "adapters"
+    monkeypatch.setattr(adapters, "KEPT_DIR", kept)
+    (kept / "tiny" / "form_only" / "deltamem_msw").mkdir(parents=True)
+    (kept / "tiny" / "form_only" / "deltamem_msw" / "deltamem_model.safetensors").write_bytes(b"form")
+    res, out = tmp_path / "results", tmp_path / "reports"
+    write(res, "vanilla", "locomo", "complete", 0.20)
+    for tag, weights, value in [("now", sha["tiny/deltamem_msw"], 0.30),
+                                ("kept", adapters.weights_sha256(kept / "tiny" / "form_only" / "deltamem_msw"), 0.25)]:
+        write_adapter_run(res, tag, {"adapter": "adapters/tiny/deltamem_msw", "adapter_sha256": weights}, value)
+    rows = memory_rows(res, out)
+    assert "30.00" in rows["deltamem_msw"] and "25.00" in rows["deltamem_msw (form_only)"]
+
+
 def test_runs_are_labelled_by_their_weights_not_the_path_they_ran_from(tmp_path, monkeypatch):
     """A candidate run before it became the default joins the default's row; a run of weights that are now kept
     as a superseded default is named by that folder; other weights keep their folder's name."""
