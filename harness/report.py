@@ -509,6 +509,29 @@ def memory_held(samples) -> str | None:
     return None
 
 
+def training_costs(backbones: list[str]) -> list[str]:
+    """A table of the shipped trained weights: parameters, data, steps and CPU time (from their training.json)."""
+    import json
+
+    from harness.adapters import SHIPPED_DIR
+
+    rows = []
+    for backbone in backbones:
+        for folder in sorted((SHIPPED_DIR / backbone).glob("*/training.json")):
+            d = json.loads(folder.read_text())
+            seconds = d.get("train_seconds") or d.get("build_seconds")
+            rows.append([backbone, folder.parent.name, f"{d.get('trainable_parameters') or 0:,}",
+                         str(d.get("data_name") or d.get("corpus") or "–"), str(d.get("steps", "–")),
+                         "–" if seconds is None else f"{float(seconds):,.0f}"])
+    if not rows:
+        return []
+    return ["## Shipped trained weights", "",
+            "From each adapter's `training.json`: trainable parameters, the training data, optimizer steps and CPU "
+            "seconds of the run that produced the shipped weights (δ-mem: its last curriculum stage; the whole "
+            "lineage is in `adapters/<backbone>/README.md`).", "",
+            _md_table(["backbone", "method", "trainable parameters", "data", "steps", "train s"], rows), ""]
+
+
 def write_costs(cells: dict[tuple[str, str, str, str], Cell], out: Path) -> None:
     protocols_of = _protocols_of(cells)
     done = sorted(((k, c) for k, c in cells.items() if c.status == "complete"),
@@ -538,6 +561,7 @@ def write_costs(cells: dict[tuple[str, str, str, str], Cell], out: Path) -> None
                       "compression", "memory KB", "memory held", "trainable"], rows), ""]
     md += metric_notes([c for _, c in done])
     md += [*stand_in_notes(done), ""]
+    md += training_costs(sorted({k[0] for k, _ in done}))
     (out / "costs.md").write_text("\n".join(md) + "\n")
     with open(out / "costs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["backbone", "task", "method", "protocol", "subset", "metric", "value", "n",
