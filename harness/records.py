@@ -153,15 +153,35 @@ class RunRecord:
         h = self.header()
         return bool(h) and h.get("status") == "complete"
 
+    def shard_path(self, rank: int) -> Path:
+        """The samples file rank ``rank`` of a data-parallel run appends to."""
+        return self.path / f"samples.rank-{rank}.jsonl"
+
+    def shard_paths(self) -> list[Path]:
+        return sorted(self.path.glob("samples.rank-*.jsonl"))
+
+    def all_samples(self, *, own_shard: int | None = None) -> dict[str, SampleRecord]:
+        """Finished samples of the record and of every rank's shard (the first of each id). Only this process's own
+        shard is repaired: another rank may be writing its last line right now."""
+        out = self.samples(repair=own_shard is None)
+        for shard in self.shard_paths():
+            for sid, rec in self._read(shard, repair=shard == (self.shard_path(own_shard) if own_shard is not None
+                                                               else None)).items():
+                out.setdefault(sid, rec)
+        return out
+
     def samples(self, *, repair: bool = False) -> dict[str, SampleRecord]:
+        return self._read(self.samples_path, repair=repair)
+
+    def _read(self, path: Path, *, repair: bool = False) -> dict[str, SampleRecord]:
         """Finished samples by id, the first of each id.
 
         Only the last line may be bad: a writer killed mid-batch leaves it torn, and it is dropped
         (with ``repair`` also cut from the file, so later appends start on a clean line). A bad line
         with good lines after it was not made by a crash, so it is a RecordError naming the line."""
-        if not self.samples_path.exists():
+        if not path.exists():
             return {}
-        raw = self.samples_path.read_bytes()
+        raw = path.read_bytes()
         lines = raw.splitlines(keepends=True)
         out: dict[str, SampleRecord] = {}
         good_end = 0
@@ -173,12 +193,12 @@ class RunRecord:
             except (ValueError, TypeError, AttributeError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
                 if number == len(lines):
                     break  # the torn last line of a killed writer
-                raise RecordError(f"{self.samples_path}: line {number} of {len(lines)} is not a sample record "
+                raise RecordError(f"{path}: line {number} of {len(lines)} is not a sample record "
                                   f"({type(exc).__name__}: {str(exc)[:80]}); {self._way_out()}") from exc
             out.setdefault(rec.sample_id, rec)
             good_end += len(line)
         if repair and good_end < len(raw):
-            with open(self.samples_path, "r+b") as f:
+            with open(path, "r+b") as f:
                 f.truncate(good_end)
                 f.flush()
                 os.fsync(f.fileno())
@@ -188,7 +208,8 @@ class RunRecord:
     def set_aside(self) -> Path | None:
         """Move the record's files into ``.replaced-<time>/`` inside its folder (never deleted; reports and
         resumption ignore it) so a fresh record can start. Returns that folder, or None when there was nothing."""
-        present = [p for p in (self.header_path, self.samples_path) if p.exists()]
+        present = [p for p in (self.header_path, self.samples_path, *self.shard_paths(),
+                               *sorted(self.path.glob("header.rank-*.json"))) if p.exists()]
         if not present:
             return None
         stem = self.path / f"{SET_ASIDE_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}"
@@ -206,25 +227,46 @@ class RunRecord:
             raise ValueError(f"record status must be one of {STATUSES}")
         atomic_write_json(self.header_path, {"format_version": FORMAT_VERSION, **header})
 
-    def append(self, records: Iterable[SampleRecord]) -> None:
+    def replace_samples(self, samples: Iterable[SampleRecord]) -> None:
+        """``samples.jsonl`` rewritten whole, atomically: a crash leaves the old file or the new one."""
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".samples.jsonl.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                for s in samples:
+                    f.write(json.dumps(s.to_dict(), default=str) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.samples_path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def append(self, records: Iterable[SampleRecord], *, path: Path | None = None) -> None:
+        """Append finished samples to ``samples.jsonl`` (or a rank's shard) and fsync."""
         lines = "".join(json.dumps(r.to_dict(), default=str) + "\n" for r in records)
         if not lines:
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.samples_path, "a") as f:
+        with open(path or self.samples_path, "a") as f:
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())
 
 
 class RecordLock:
-    """Exclusive lock of one record for one process (``with RecordLock(path): ...``).
+    """A lock of one record (``with RecordLock(path): ...``).
 
-    ``flock`` belongs to the open file, so the kernel drops it when the holder exits or is killed; the pid
-    written into the file only serves the message of a process that finds the lock taken."""
+    Exclusive by default: one process writes the record. The ranks of a data-parallel run share the record
+    (``shared=True`` on ``.lock``: a single-process run and a sharded one exclude each other) and each holds its
+    own rank lock (``name=".lock.rank-<r>"``). ``flock`` belongs to the open file, so the kernel drops it when the
+    holder exits or is killed; the pid written into the file only serves the message of a process that finds the
+    lock taken."""
 
-    def __init__(self, record_path: str | Path):
-        self.path = Path(record_path) / LOCK_FILE
+    def __init__(self, record_path: str | Path, *, shared: bool = False, name: str = LOCK_FILE,
+                 blocking: bool = False):
+        self.path = Path(record_path) / name
+        self.shared, self.blocking = shared, blocking
         self._fd: int | None = None
 
     def __enter__(self) -> "RecordLock":
@@ -232,15 +274,17 @@ class RecordLock:
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        mode = (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | (0 if self.blocking else fcntl.LOCK_NB)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise RecordBusy(f"{self.path.parent} is being written by another process (pid {holder}); wait for it "
                              "to finish or stop it, then rerun the same command to resume") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if not self.shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
         return self
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,24 +25,6 @@ from typing import Any, Sequence
 from harness.errors import HarnessError
 from harness.records import RecordError, RecordLock, RunRecord, data_digest, git_revision, iter_records
 from harness.types import Query, SampleRecord
-
-
-def _write_samples(record: RunRecord, samples: Sequence[SampleRecord]) -> None:
-    """Replace ``samples.jsonl`` whole and atomically: a crash leaves the old file or the new one."""
-    import json
-
-    fd, tmp = tempfile.mkstemp(dir=record.path, prefix=".samples.jsonl.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            for s in samples:
-                f.write(json.dumps(s.to_dict(), default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, record.samples_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def rescore_record(record: RunRecord, task, queries: dict[str, Query], *,
@@ -71,7 +51,7 @@ def rescore_record(record: RunRecord, task, queries: dict[str, Query], *,
         new.append(dataclasses.replace(s, scores=sc.values, extracted=sc.extracted, extracted_by=sc.extracted_by,
                                        prediction=task.withhold(s.prediction), method_info=task.withhold(s.method_info)))
     withheld = sum(a.prediction != b.prediction for a, b in zip(samples, new))
-    _write_samples(record, new)
+    record.replace_samples(new)
     before = header.get("metrics", {}).get("overall", {})
     entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_version": header.get("scorer_version", 1),
              "to_version": task.scorer_version, "git": git_revision(), "samples": len(new),

@@ -22,6 +22,7 @@ from harness.errors import ConfigError, HarnessError
 from harness.records import (RecordError, RecordLock, RunRecord, config_hash, data_digest, git_revision,
                              package_versions, record_dir)
 from harness.rescore import rescore_record
+from harness.sharding import assign, merge, world_position, write_rank_header
 from harness.types import SampleRecord
 
 # Keys that change where/how a run is displayed but never what it computes (a suite only sets task.limit,
@@ -40,8 +41,9 @@ class RunInterrupted(HarnessError):
 @dataclass
 class RunOutcome:
     path: Path | None
-    status: str  # "complete" | "skipped" | "not applicable" (a suite's method x task it leaves out)
+    status: str  # complete | skipped | not applicable (a suite leaves the pair out) | shard done | incomplete
     metrics: dict[str, Any]
+    header: dict[str, Any] | None = None
 
 
 def apply_suite(cfg: DictConfig) -> str | None:
@@ -183,13 +185,37 @@ def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_ba
     fingerprint = task.data_fingerprint()
     digest = data_digest(fingerprint)
     record, chash = find_record(cfg.run.results_dir, names, seed, semantic, digest)
-    with RecordLock(record.path), _sigterm_interrupts():
-        return _run_locked(cfg, load, task, method, episodes, names, seed, control, semantic, fingerprint, digest,
-                           record, chash)
+    rank, world, local_rank = world_position()
+    if world > 1 and str(cfg.backbone.get("device", "auto")) == "auto" and torch.cuda.is_available():
+        from omegaconf import open_dict
+
+        with open_dict(cfg):  # one GPU per process, as the launcher numbered them (display only: not in the hash)
+            cfg.backbone.device = f"cuda:{local_rank % torch.cuda.device_count()}"
+    if world == 1:
+        with RecordLock(record.path), _sigterm_interrupts():
+            return _run_locked(cfg, load, task, method, episodes, names, seed, control, semantic, fingerprint, digest,
+                               record, chash)
+    if cfg.run.get("force", False):
+        raise ConfigError("run.force=true with several processes: set the old record aside with one process first "
+                          "(or move it away), then launch the processes")
+    with RecordLock(record.path, shared=True), RecordLock(record.path, name=f".lock.rank-{rank}"), \
+            _sigterm_interrupts():
+        outcome = _run_locked(cfg, load, task, method, episodes, names, seed, control, semantic, fingerprint, digest,
+                              record, chash, shard=(rank, world))
+    if outcome.status != "shard done":
+        return outcome
+    # the shared lock is given back: the last rank still here merges the shards into the record
+    state = merge(record, [q.id for e in episodes for q in e.queries], task.aggregate,
+                  {**outcome.header, "status": "running", "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    print(f"[harness] rank {rank}/{world}: {state}" + {"busy": " (another rank is still running and merges)",
+                                                       "incomplete": " (a rank stopped early; rerun to resume)"}
+          .get(state, ""), file=sys.stderr)
+    header = record.header() or {}
+    return RunOutcome(record.path, state if state != "busy" else "shard done", header.get("metrics", {}))
 
 
 def _run_locked(cfg, load, task, method, episodes, names, seed, control, semantic, fingerprint, digest,
-                record: RunRecord, chash: str) -> RunOutcome:
+                record: RunRecord, chash: str, shard: tuple[int, int] | None = None) -> RunOutcome:
     force = bool(cfg.run.get("force", False))
     try:
         previous = record.header()
@@ -208,6 +234,9 @@ def _run_locked(cfg, load, task, method, episodes, names, seed, control, semanti
                           "move the record away or rerun with run.force=true")
     expected = [q.id for e in episodes for q in e.queries]
     if previous and previous.get("scorer_version", 1) != task.scorer_version and record.samples_path.exists():
+        if shard is not None:
+            raise RecordError(f"{record.path} was scored by an older scorer: rescore it first with one process "
+                              f"(python -m harness.rescore {record.path})")
         queries = {q.id: q for e in episodes for q in e.queries}
         entry = rescore_record(record, task, queries, config=semantic)
         print(f"[harness] rescored {record.path} from scorer version {entry['from_version']} to "
@@ -219,7 +248,7 @@ def _run_locked(cfg, load, task, method, episodes, names, seed, control, semanti
               file=sys.stderr)
         return RunOutcome(record.path, "skipped", previous.get("metrics", {}))
 
-    done = record.samples(repair=True)
+    done = record.all_samples(own_shard=shard[0]) if shard else record.samples(repair=True)
     resumed_from = len(done)
     stale = set(done) - set(expected)
     if stale:
@@ -228,6 +257,11 @@ def _run_locked(cfg, load, task, method, episodes, names, seed, control, semanti
                           f"(e.g. {sorted(stale)[:3]}); move the record away or rerun with run.force=true")
     if done:
         print(f"[harness] resuming {record.path} at {len(done)}/{len(expected)}", file=sys.stderr)
+    if shard is not None:  # this rank's episodes; the others' are another process's
+        episodes = assign(episodes, shard[1])[shard[0]]
+    # a rank keeps its timings in its own header; the merge puts them together
+    write_header = record.write_header if shard is None else \
+        (lambda h: write_rank_header(record, shard[0], {"format_version": 1, **h}))
     previous = previous or {}
     sessions = list(previous.get("timings", {}).get("sessions", []))
     # This session's timings live in the header from the start and are refreshed while the
@@ -252,7 +286,13 @@ def _run_locked(cfg, load, task, method, episodes, names, seed, control, semanti
     }
     if previous.get("rescored"):
         header["rescored"] = previous["rescored"]
-    record.write_header(header)
+    if shard is not None:
+        header["shard"] = {"rank": shard[0], "world_size": shard[1]}
+        if shard[0] == 0 and not previous:  # a header for reports while the ranks run
+            record.write_header({**header, "timings": {"sessions": list(previous.get("timings", {})
+                                                                        .get("sessions", []))}})
+        sessions[:] = [session]  # the rank header holds this session; the merge adds the record's earlier ones
+    write_header(header)
     started = time.time()
     try:
         seed_everything(seed)
@@ -264,7 +304,7 @@ def _run_locked(cfg, load, task, method, episodes, names, seed, control, semanti
         header["method_info"] = method.describe()
         header["task_info"] = task.describe()
         header["backbone_info"] = backbone.describe()
-        record.write_header(header)
+        write_header(header)
         bar = _progress(len(expected), len(done), f"{names['task']}/{names['method']}", bool(cfg.run.progress))
         ingest_s = answer_s = 0.0
         last_saved = time.time()
@@ -300,10 +340,17 @@ def _run_locked(cfg, load, task, method, episodes, names, seed, control, semanti
                 bar.update(len(rows))
                 if time.time() - last_saved > 30:
                     session.update(wall_s=round(time.time() - started, 2), samples=len(done) - resumed_from)
-                    record.write_header(header)
+                    write_header(header)
                     last_saved = time.time()
         bar.close()
         method.close()
+        if shard is not None:
+            session.update(wall_s=round(time.time() - started, 2), load_s=round(load_s, 2),
+                           ingest_s=round(ingest_s, 2), answer_s=round(answer_s, 2), samples=len(done) - resumed_from)
+            header["status"] = "shard done"
+            write_header(header)
+            return RunOutcome(record.path, "shard done", {}, header={k: v for k, v in header.items()
+                                                                     if k not in ("shard", "status")})
         ordered = [done[i] for i in expected]
         header["metrics"] = task.aggregate(ordered)
         header["primary_metric"] = task.primary_metric
@@ -312,12 +359,12 @@ def _run_locked(cfg, load, task, method, episodes, names, seed, control, semanti
         header["timings"] = {"sessions": sessions, "wall_s_total": round(sum(s["wall_s"] for s in sessions), 2)}
         header["status"] = "complete"
         header["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        record.write_header(header)
+        write_header(header)
         return RunOutcome(record.path, "complete", header["metrics"])
     except KeyboardInterrupt:
         session.update(wall_s=round(time.time() - started, 2), samples=len(done) - resumed_from)
         header["status"] = "interrupted"
-        record.write_header(header)
+        write_header(header)
         raise RunInterrupted(f"interrupted: {record.path} holds {len(done)}/{len(expected)} samples; rerun the same "
                              "command to resume") from None
     except BaseException as exc:
@@ -325,5 +372,5 @@ def _run_locked(cfg, load, task, method, episodes, names, seed, control, semanti
         session.update(wall_s=round(time.time() - started, 2), samples=len(done) - resumed_from, error=error)
         header["status"] = "failed"
         header["error"] = task.withhold("".join(traceback.format_exception_only(type(exc), exc)).strip())
-        record.write_header(header)
+        write_header(header)
         raise
