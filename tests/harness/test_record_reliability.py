@@ -267,7 +267,7 @@ def test_the_report_labels_unreadable_records_and_names_them(tmp_path, capsys):
     binary.samples_path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary\n")
     build_report(res, tmp_path / "reports")
     err = capsys.readouterr().err
-    md = (tmp_path / "reports" / "main.md").read_text()
+    md = (tmp_path / "reports" / "ablations.md").read_text()
     assert md.count("unreadable record") == 5
     for bad in ("locomo/vanilla", "locomo/bm25_rag", "hotpotqa/vanilla", "hotpotqa/bm25_rag", "ifeval/vanilla"):
         assert f"[report] unreadable record {res / bad}/tiny/seed-42-x" in err
