@@ -91,10 +91,11 @@ class TrainSettings:
             kw["adam_betas"] = tuple(float(x) for x in kw["adam_betas"])
         return cls(**kw)
 
-    def total_steps(self, n_episodes: int) -> int:
+    def total_steps(self, n_episodes: int, world_size: int = 1) -> int:
+        """Optimizer steps; one step takes ``grad_accum`` episodes on each of ``world_size`` processes."""
         if self.max_steps is not None:
             return int(self.max_steps)
-        return max(1, math.ceil(n_episodes * self.epochs / self.grad_accum))
+        return max(1, math.ceil(n_episodes * self.epochs / (self.grad_accum * world_size)))
 
     def warmup_steps(self, total: int) -> int:
         return math.ceil(self.warmup_ratio * total)
@@ -350,12 +351,15 @@ class Trainer:
         self.seed = seed
         self.semantic = semantic_config
         self.data_name = data_name
+        from harness.training.data_parallel import DataParallel
+
+        self.dp = DataParallel()
         self.learner = make_learner(backbone, method_cfg, settings)
         self.params = self.learner.parameters()
         self.autocast, self.precision = _autocast(self.device, settings.precision, backbone.dtype)
         self.learner.autocast = self.autocast
         self.order = EpisodeOrder(len(data.train), seed=seed, shuffle=settings.shuffle)
-        self.total_steps = settings.total_steps(len(data.train))
+        self.total_steps = settings.total_steps(len(data.train), self.dp.world)
         self.warmup = settings.warmup_steps(self.total_steps)
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr, betas=settings.adam_betas,
@@ -466,9 +470,12 @@ class Trainer:
         s = self.settings
         t0 = time.perf_counter()
         c0 = time.process_time()
-        group = [self._episode(self.position + i) for i in range(s.grad_accum)]
+        # the global group, as one process would take it; this process trains on its slice of it
+        group = [self._episode(self.position + i) for i in range(s.grad_accum * self.dp.world)]
         n_target = sum(max(0, sum(1 for x in ep.labels[1:] if x != IGNORE)) for ep in group)
-        results = [self.learner.backward(ep, group_target_tokens=n_target, group_size=len(group)) for ep in group]
+        mine = group[self.dp.rank * s.grad_accum:(self.dp.rank + 1) * s.grad_accum]
+        results = [self.learner.backward(ep, group_target_tokens=n_target, group_size=len(group)) for ep in mine]
+        self.dp.sum_gradients(self.params)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
@@ -479,9 +486,12 @@ class Trainer:
         seconds = time.perf_counter() - t0
         self.elapsed += seconds
         tokens = sum(r.write_tokens + r.read_tokens for r in results)
+        ce_sum, objective_sum, tokens = self.dp.sum([sum(r.ce_sum for r in results),
+                                                     sum(r.objective_sum for r in results), float(tokens)])
+        tokens = int(tokens)
         self.tokens += tokens
-        ce = sum(r.ce_sum for r in results) / max(1, n_target)
-        objective = sum(r.objective_sum for r in results) / max(1, n_target)
+        ce = ce_sum / max(1, n_target)
+        objective = objective_sum / max(1, n_target)
         distilled = [r for r in results if r.kl_sum is not None]
         kl = sum(r.kl_sum for r in distilled) / max(1, sum(r.target_tokens for r in distilled)) if distilled else None
         sparsity = sum(r.sparsity for r in results) / len(results)
@@ -489,7 +499,7 @@ class Trainer:
                 "loss": objective + s.sparsity_weight * sparsity, "ce": ce, "kl_distilled": kl,
                 "distilled_episodes": len(distilled), "sparsity": sparsity, "lr": lr,
                 "grad_norm": float(grad_norm), "target_tokens": n_target, "tokens": tokens,
-                "write_tokens": sum(r.write_tokens for r in results),
+                "processes": self.dp.world, "write_tokens": sum(r.write_tokens for r in results),
                 "write_dropped": sum(ep.write_dropped for ep in group),
                 "read_dropped": sum(ep.read_dropped for ep in group),
                 "seconds": round(seconds, 4), "cpu_seconds": round(time.process_time() - c0, 4),
@@ -520,9 +530,10 @@ class Trainer:
                    disable=not self.controls.progress, dynamic_ncols=True, file=sys.stderr)
         ema = None
         stopped = None
-        every = self.controls.eval_every if self.eval_set else None
+        every = self.controls.eval_every if self.eval_set and self.dp.main else None
+        main = self.dp.main
         try:
-            with open(log_path, "a", encoding="utf-8") as log:
+            with open(log_path if main else os.devnull, "a", encoding="utf-8") as log:
                 if every and self.step == 0:
                     log.write(json.dumps(self.eval_row()) + "\n")
                 while self.step < self.total_steps:
@@ -544,12 +555,13 @@ class Trainer:
                         bar.write(f"[train] step {self.step}: held-out CE {ev['heldout_ce']:.4f} "
                                   f"(another's history {ev['heldout_ce_other_history'] or float('nan'):.4f}, "
                                   f"no memory {ev['heldout_ce_nocontext']:.4f}, {ev['heldout_episodes']} episodes)")
-                    if self.step % self.controls.save_every == 0 and self.step < self.total_steps:
+                    if self.step % self.controls.save_every == 0 and self.step < self.total_steps and main:
                         self.save_checkpoint()
                         plot_loss_curve(log_path, self.out_dir / CURVE_FILE)
                     if self.controls.stop_after_steps and steps_here >= self.controls.stop_after_steps:
                         stopped = f"stop_after_steps={self.controls.stop_after_steps}"
-                    elif self.controls.time_limit_min and time.time() - started > 60 * self.controls.time_limit_min:
+                    elif self.dp.any(bool(self.controls.time_limit_min) and
+                                     time.time() - started > 60 * (self.controls.time_limit_min or 0)):
                         stopped = f"time_limit_min={self.controls.time_limit_min}"
                     if stopped and self.step < self.total_steps:
                         break
@@ -558,6 +570,8 @@ class Trainer:
             bar.close()
             self.model.eval()
         if stopped:
+            if not main:
+                return {"status": "paused", "step": self.step, "total_steps": self.total_steps}
             path = self.save_checkpoint()
             plot_loss_curve(log_path, self.out_dir / CURVE_FILE)
             print(f"[train] paused at step {self.step}/{self.total_steps} ({stopped}); checkpoint {path}; "
@@ -566,6 +580,9 @@ class Trainer:
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
+        if not self.dp.main:  # process 0 writes the weights; the others hold the same ones
+            return {"status": "complete", "adapter": str(self.out_dir), "steps": self.step, "episodes": self.position,
+                    "train_seconds": round(self.elapsed, 1), "last_loss_mean10": float("nan"), "rank": self.dp.rank}
         self.save_checkpoint()  # the final state, so a finished run can be extended or audited
         self.learner.save(self.out_dir)
         logged = read_log(self.out_dir / LOG_FILE)
@@ -580,7 +597,8 @@ class Trainer:
             "method": self.semantic.get("method", {}).get("name"),
             "steps": self.step, "episodes": episodes, "epochs": round(episodes / len(self.data.train), 4),
             "trainable_parameters": self.learner.num_parameters(),
-            "precision": self.precision, "device": str(self.device),
+            "precision": self.precision, "device": str(self.device), "processes": self.dp.world,
+            "global_batch_episodes": self.settings.grad_accum * self.dp.world,
             "train_seconds": round(self.elapsed, 1),
             "seconds_per_episode": round(self.elapsed / max(1, episodes), 3),
             "tokens": self.tokens, "tokens_per_s": round(self.tokens / max(1e-9, self.elapsed), 1),
@@ -601,6 +619,7 @@ class Trainer:
 
     def close(self) -> None:
         self.learner.close()
+        self.dp.close()
 
 
 def heldout_paired(evals: list[dict[str, Any]], episodes: Sequence[Episode]) -> dict[str, Any] | None:
@@ -801,6 +820,16 @@ def run_training(cfg, *, load: Callable[[Any], Any] | None = None) -> dict[str, 
         semantic.pop(key, None)
     if warm_start:
         semantic["method"].update(warm_start)
+    from harness.sharding import world_position
+
+    rank, world, local_rank = world_position()
+    if world > 1:  # the global batch is grad_accum x processes: another count is another training
+        semantic["processes"] = world
+        if str(cfg.backbone.get("device", "auto")) == "auto" and torch.cuda.is_available():
+            from omegaconf import open_dict
+
+            with open_dict(cfg):  # after the semantic config: every rank resumes the same checkpoint config
+                cfg.backbone.device = f"cuda:{local_rank % torch.cuda.device_count()}"
     out_dir = Path(str(cfg.out_dir))
     seed = int(cfg.seed)
     seed_everything(seed)
@@ -809,10 +838,11 @@ def run_training(cfg, *, load: Callable[[Any], Any] | None = None) -> dict[str, 
                       settings=settings, controls=controls, out_dir=out_dir, seed=seed, semantic_config=semantic,
                       data_name=str(td.get("name", "")))
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if rank == 0:
+        (out_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     print(f"[train] {trainer.learner!r} on {backbone.name}; {len(data.train)} training episodes "
-          f"({len(data.heldout)} held out); {trainer.total_steps} steps × {settings.grad_accum} episodes; "
-          f"{trainer.precision} on {backbone.device}", file=sys.stderr)
+          f"({len(data.heldout)} held out); {trainer.total_steps} steps × {settings.grad_accum} episodes"
+          f"{f' × {world} processes' if world > 1 else ''}; {trainer.precision} on {backbone.device}", file=sys.stderr)
     try:
         return trainer.run(resume=bool(cfg.get("resume", False)))
     finally:
