@@ -1,6 +1,7 @@
 """One run: compose -> record path -> skip/resume -> episodes -> ingest once -> answer in batches."""
 from __future__ import annotations
 
+import json
 import random
 import signal
 import sys
@@ -61,6 +62,34 @@ def apply_suite(cfg: DictConfig) -> str | None:
     if limit is not None and cfg.task.get("limit") is None:
         with open_dict(cfg):
             cfg.task.limit = int(limit)
+            cfg.suite.limited = True  # the suite, not the user, cut the task: a complete full record covers it
+    return None
+
+
+def covering_record(cfg: DictConfig, names: dict[str, str], seed: int, semantic: dict[str, Any],
+                    digest: str | None) -> RunRecord | None:
+    """A complete record of the same settings on the whole task (any batch size), when a suite asks for a subset
+    of it: the report reads the subset's questions from it, so running the subset again would only repeat
+    answers."""
+    if not (cfg.get("suite") or {}).get("limited"):
+        return None
+
+    def comparable(config: dict[str, Any]) -> dict[str, Any]:
+        config = without_added_defaults(json.loads(json.dumps(config, default=str)))
+        config.get("task", {}).pop("limit", None)
+        config.get("method", {}).pop("batch_size", None)
+        return config
+
+    want = comparable(semantic)
+    folder = record_dir(cfg.run.results_dir, seed=seed, chash="x", **names).parent
+    for path in sorted(folder.glob(f"seed-{seed}-*/header.json")):
+        try:
+            header = RunRecord(path.parent).header() or {}
+        except RecordError:
+            continue
+        if (header.get("status") == "complete" and header.get("config", {}).get("task", {}).get("limit") is None
+                and data_digest(header.get("data")) == digest and comparable(header.get("config", {})) == want):
+            return RunRecord(path.parent)
     return None
 
 
@@ -70,6 +99,11 @@ def semantic_config(cfg: DictConfig) -> dict[str, Any]:
         data.pop(key, None)
     if data.get("control") is None:  # absent and null are one setting: older records keep their hash
         data.pop("control", None)
+    return without_added_defaults(data)
+
+
+def without_added_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without the settings added after records were made, where they hold those records' value."""
     task_name = (data.get("task") or {}).get("name")
     for (group, key), (only_task, value) in _ADDED_AT_DEFAULT.items():
         if only_task not in (None, task_name):
@@ -185,6 +219,11 @@ def run_experiment(cfg: DictConfig, *, load: Callable[[Any], Backbone] = load_ba
     fingerprint = task.data_fingerprint()
     digest = data_digest(fingerprint)
     record, chash = find_record(cfg.run.results_dir, names, seed, semantic, digest)
+    full = None if record.header_path.exists() else covering_record(cfg, names, seed, semantic, digest)
+    if full is not None:
+        print(f"[harness] skip: the suite's {cfg.task.limit} questions are in the complete record {full.path}",
+              file=sys.stderr)
+        return RunOutcome(full.path, "skipped", (full.header() or {}).get("metrics", {}))
     rank, world, local_rank = world_position()
     if world > 1 and str(cfg.backbone.get("device", "auto")) == "auto" and torch.cuda.is_available():
         from omegaconf import open_dict

@@ -140,3 +140,22 @@ def test_a_failed_run_without_answers_never_reaches_a_table(tmp_path, suite_ids)
     build_report(res, out)
     for name, text in before.items():
         assert (out / name).read_text() == text, name
+
+
+def test_a_suite_subset_covered_by_a_complete_full_record_is_not_run_again(tmp_path, monkeypatch, tiny_backbone):
+    from harness.runner import run_experiment
+    from tests.tasks.test_hotpotqa import record as hotpot_row, write as write_rows
+
+    data = write_rows(tmp_path / "h.jsonl", [hotpot_row(f"q{i}", "bridge") for i in range(4)])
+    monkeypatch.setenv("HARNESS_HOTPOTQA", str(data))
+    common = ["method=vanilla_nocontext", "task=hotpotqa", "task.generation.max_new_tokens=2",
+              f"run.results_dir={tmp_path / 'r'}", "run.progress=false"]
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        full = compose("config", overrides=common)
+        suite = compose("config", overrides=[*common, "+suite=paper", "suite.limits.hotpotqa=2", "method.batch_size=3"])
+        by_hand = compose("config", overrides=[*common, "task.limit=2", "method.batch_size=3"])
+    made = run_experiment(full, load=lambda _: tiny_backbone)
+    again = run_experiment(suite, load=lambda _: pytest.fail("covered by the full record: nothing to run"))
+    assert again.status == "skipped" and again.path == made.path
+    # asked by hand, the subset is its own record
+    assert run_experiment(by_hand, load=lambda _: tiny_backbone).path != made.path
