@@ -94,3 +94,24 @@ def test_a_killed_rank_resumes_with_another_number_of_processes(tmp_path):
     assert all(rc == 0 for rc, _, _ in resumed), [e[-2000:] for _, _, e in resumed]
     assert samples(tmp_path / "one") == samples(tmp_path / "two")
     assert json.loads((record / "header.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.real_model
+def test_torchrun_on_the_embedded_backbone_makes_the_single_process_record(tmp_path):
+    """The app itself under torchrun (2 CPU processes) on SmolLM2-135M, LoCoMo's sampled answers."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["-m", "harness", "method=vanilla_nocontext", "task=locomo", "task.limit=12", "run.progress=false",
+            "run.threads=1", "task.generation.max_new_tokens=12"]
+    one = subprocess.run([sys.executable, *args, f"run.results_dir={tmp_path / 'one'}",
+                          f"hydra.run.dir={tmp_path / 'h1'}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                          *args, f"run.results_dir={tmp_path / 'two'}", f"hydra.run.dir={tmp_path / 'h2'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert samples(tmp_path / "one") == samples(tmp_path / "two")
+    assert "complete" in two.stderr
