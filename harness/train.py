@@ -22,7 +22,9 @@ def main(cfg: DictConfig) -> None:
     except (HarnessError, ValueError, TypeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    if summary["status"] == "complete":
+    if summary.get("message"):  # a method's own pipeline (MLP Memory) says what it built
+        print(summary["message"])
+    elif summary["status"] == "complete":
         print(f"[train] complete: {summary['adapter']} ({summary['steps']} steps, {summary['episodes']} episodes, "
               f"{summary['train_seconds']:.0f} s, last loss {summary['last_loss_mean10']:.4f})")
     else:
