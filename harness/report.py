@@ -90,6 +90,25 @@ def stand_in_notes(cells) -> list[str]:
     return [f"Stand-in: `{m}` is **not {what}**; it is {instead}." for m, (what, instead) in seen.items()]
 
 
+def is_recipe_record(header: dict[str, Any]) -> bool:
+    """Whether the record read data built by recipe (``tasks/memoryagentbench/recipe.py``), not the benchmark."""
+    data = header.get("data") or {}
+    return bool(data.get("recipe") or data.get("not_mab")
+                or (header.get("config", {}).get("task", {}) or {}).get("recipe"))
+
+
+def data_notes(cells) -> list[str]:
+    """Markdown footnote lines, one per task whose records read recipe-built data: such scores are not the
+    benchmark's and must never be read as if they were."""
+    seen: dict[str, str] = {}
+    for (_, _, _, task), cell in sorted(cells, key=lambda kc: str(kc[0][3])):
+        if task not in seen and is_recipe_record(cell.header):
+            note = str((cell.header.get("data") or {}).get("note") or "data built by recipe")
+            seen[task] = (f"`{task}`: **not MemoryAgentBench.** {note}. Its scores never enter the main table's "
+                          "MAB column.")
+    return list(seen.values())
+
+
 def task_data_problem(task: str) -> str | None:
     """Why the task's data cannot be loaded with its default config here (None: it loads)."""
     from omegaconf import OmegaConf
@@ -459,7 +478,8 @@ def write_breakdowns(cells: dict[tuple[str, str, str, str], Cell], tasks: list[s
                     rows = [[labels[m], *(cell(values[m][cat]) for cat in [*cats, "overall"])] for m, _ in runs]
                     md += [_md_table(["method", *cats, "overall"], rows), ""]
         md += metric_notes([c for k, c in cells.items() if k[3] == task])
-        md += [*stand_in_notes([(k, c) for k, c in cells.items() if k[3] == task and c.status == "complete"]), ""]
+        md += [*stand_in_notes([(k, c) for k, c in cells.items() if k[3] == task and c.status == "complete"]),
+               *data_notes([(k, c) for k, c in cells.items() if k[3] == task]), ""]
         (out / f"{task}.md").write_text("\n".join(md) + "\n")
         with open(out / f"{task}.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["backbone", "method", "metric", "category", "mean", "stderr", "n"])
@@ -485,7 +505,18 @@ def cost_of(cell: Cell) -> dict[str, Any]:
             "context_tokens": _mean([s.context_tokens for s in samples]),
             "new_tokens": _mean([s.new_tokens for s in samples]),
             "retrieved": _mean(retrieved), "compression": _mean(ratios),
-            "memory_kb": None if not memory else _mean(memory) / 1024}
+            "memory_kb": None if not memory else _mean(memory) / 1024,
+            "seconds_per_question": seconds_per_question(cell.header, len(samples))}
+
+
+def seconds_per_question(header: dict[str, Any], n: int) -> float | None:
+    """Ingest + answer wall seconds per sample over the record's sessions (model loading left out)."""
+    sessions = (header.get("timings") or {}).get("sessions") or []
+    spent = [float(s.get("ingest_s") or 0) + float(s.get("answer_s") or 0) for s in sessions
+             if s.get("answer_s") is not None]
+    if not n or not spent or len(spent) != len(sessions):
+        return None  # a session without a split (older records) would make the figure a guess
+    return sum(spent) / n
 
 
 def memory_held(samples) -> str | None:
@@ -519,17 +550,21 @@ def training_costs(backbones: list[str]) -> list[str]:
     for backbone in backbones:
         for folder in sorted((SHIPPED_DIR / backbone).glob("*/training.json")):
             d = json.loads(folder.read_text())
-            seconds = d.get("train_seconds") or d.get("build_seconds")
+            seconds = d.get("train_seconds")
+            stages = d.get("build_seconds")  # MLP Memory: datastore, index, kNN targets... besides training
+            build = sum(float(v) for v in stages.values()) if isinstance(stages, dict) else seconds
             rows.append([backbone, folder.parent.name, f"{d.get('trainable_parameters') or 0:,}",
                          str(d.get("data_name") or d.get("corpus") or "–"), str(d.get("steps", "–")),
-                         "–" if seconds is None else f"{float(seconds):,.0f}"])
+                         "–" if seconds is None else f"{float(seconds):,.0f}",
+                         "–" if build is None else f"{float(build):,.0f}"])
     if not rows:
         return []
     return ["## Shipped trained weights", "",
             "From each adapter's `training.json`: trainable parameters, the training data, optimizer steps and CPU "
             "seconds of the run that produced the shipped weights (δ-mem: its last curriculum stage; the whole "
-            "lineage is in `adapters/<backbone>/README.md`).", "",
-            _md_table(["backbone", "method", "trainable parameters", "data", "steps", "train s"], rows), ""]
+            "lineage is in `adapters/<backbone>/README.md`); `build s` adds every other stage of the build "
+            "(MLP Memory: datastore, held-out cache, index, kNN targets, evidence).", "",
+            _md_table(["backbone", "method", "trainable parameters", "data", "steps", "train s", "build s"], rows), ""]
 
 
 def write_costs(cells: dict[tuple[str, str, str, str], Cell], out: Path) -> None:
@@ -544,7 +579,9 @@ def write_costs(cells: dict[tuple[str, str, str, str], Cell], out: Path) -> None
           "prompt; `compression`: achieved original/compressed ratio recorded by the compressor; `memory KB`: the size "
           "of a method's own memory per sequence (δ-mem's states); `memory held`: what the method keeps per episode "
           "in its own unit (state bytes, indexed pieces, stored documents, kept tokens; the in-context methods hold "
-          "the context as KV cache); `trainable`: parameters the method trained (0: none).", ""]
+          "the context as KV cache); `trainable`: parameters the method trained (0: none); `s/question`: ingest + "
+          "answer wall seconds per question as the run went (threads and machine load differ between runs: "
+          "speed ratios measured side by side are in the README's Measured figures).", ""]
     rows, csv_rows = [], []
     fmt = lambda v, d=1: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
     for (backbone, method, protocol, task), cell in done:
@@ -553,20 +590,22 @@ def write_costs(cells: dict[tuple[str, str, str, str], Cell], out: Path) -> None
         params = c["trainable_parameters"]
         rows.append([backbone, task, label, cell.text(), fmt(c["prompt_tokens"]), fmt(c["context_tokens"]),
                      fmt(c["new_tokens"]), fmt(c["retrieved"]), fmt(c["compression"], 2), fmt(c["memory_kb"]),
-                     c["memory_held"] or "–", "0" if params is None else f"{params:,}"])
+                     c["memory_held"] or "–", "0" if params is None else f"{params:,}",
+                     fmt(c["seconds_per_question"], 2)])
         csv_rows.append({"backbone": backbone, "task": task, "method": method, "protocol": protocol,
                          "subset": cell.subset,
                          "metric": cell.metric or "", "value": cell.value, **c})
     md += [_md_table(["backbone", "task", "method", "score ×100", "prompt", "context", "generated", "retrieved",
-                      "compression", "memory KB", "memory held", "trainable"], rows), ""]
+                      "compression", "memory KB", "memory held", "trainable", "s/question"], rows), ""]
     md += metric_notes([c for _, c in done])
-    md += [*stand_in_notes(done), ""]
+    md += [*stand_in_notes(done), *data_notes(done), ""]
     md += training_costs(sorted({k[0] for k, _ in done}))
     (out / "costs.md").write_text("\n".join(md) + "\n")
     with open(out / "costs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["backbone", "task", "method", "protocol", "subset", "metric", "value", "n",
                                           "prompt_tokens", "context_tokens", "new_tokens", "retrieved", "compression",
-                                          "memory_kb", "memory_held", "trainable_parameters"])
+                                          "memory_kb", "memory_held", "trainable_parameters",
+                                          "seconds_per_question"])
         w.writeheader()
         w.writerows(csv_rows)
 
@@ -598,7 +637,7 @@ def write_main(cells: dict[tuple[str, str, str, str], Cell], out: Path, suite: d
         cols = rm.summarise_rows(rows)
         header, body = rm.table_lines(rows)
         notes = rm.footnotes(cols, suite, stand_in_notes([(k, c) for k, c in cells.items() if k[0] == backbone]),
-                             missing)
+                             missing) + data_notes([(k, c) for k, c in cells.items() if k[0] == backbone])
         md += [f"## Backbone: {backbone}", "", _md_table(header, body), "", *notes, ""]
         tex_parts.append(f"% Backbone: {backbone}\n" + rm.to_latex(header, body, notes))
         for r in rows:
@@ -629,7 +668,7 @@ def build_report(results_dir: Path, out: Path, suite: str = "paper") -> dict[str
     missing = {t: why for t in tasks if not any(k[3] == t for k in cells) and (why := task_data_problem(t))}
     by_backbone = main_rows(cells, tasks, missing)
     main = write_main(cells, out, load_suite(suite))
-    write_all_runs(by_backbone, tasks, out, stand_in_notes(cells.items()), missing)
+    write_all_runs(by_backbone, tasks, out, stand_in_notes(cells.items()) + data_notes(cells.items()), missing)
     write_breakdowns(cells, tasks, out)
     write_costs(cells, out)
     from harness.report_figures import write_figures

@@ -68,6 +68,7 @@ class MLPMemory(Vanilla):
                 "blocks": net.get("blocks"), "head": net.get("head"), "head_note": info.get("head_note"),
                 "storage_dtype": info.get("storage_dtype"),
                 "parameters": params.get("total"), "stored_parameters": params.get("stored"),
+                "trainable_parameters": params.get("trainable"),
                 "full_size_parameters": info.get("full_size_parameters"),
                 "corpus": recipe.get("corpus"), "datastore_tokens": recipe.get("datastore_tokens"),
                 "index": recipe.get("index"), "k": recipe.get("k"), "temperature": recipe.get("temperature"),

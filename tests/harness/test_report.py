@@ -8,11 +8,12 @@ from harness.report import build_report
 from harness.types import SampleRecord
 
 
-def write(root, method, task, status, value=None, protocol="context", limit=None, error=None, cats=None):
+def write(root, method, task, status, value=None, protocol="context", limit=None, error=None, cats=None,
+          sessions=None):
     rec = RunRecord(root / task / method / "tiny" / f"seed-42-{method}{task}")
     header = {"status": status, "task": task, "method": method, "backbone": "tiny", "protocol": protocol,
               "primary_metric": "f1", "config": {"task": {"limit": limit}}, "n_samples_expected": 10,
-              "timings": {"sessions": [{"wall_s": 12.0, "samples": 4}, {"wall_s": 3.0, "samples": 6}]}}
+              "timings": {"sessions": sessions or [{"wall_s": 12.0, "samples": 4}, {"wall_s": 3.0, "samples": 6}]}}
     if status == "complete":
         header["metrics"] = {"overall": {"f1": {"mean": value, "stderr": 0.01, "n": 10}},
                              "by_category": cats or {"a": {"f1": {"mean": value, "stderr": 0.02, "n": 10}}}}
@@ -62,8 +63,11 @@ def test_main_table_ratio_and_missing_cells(tmp_path):
 
 def test_cost_table_means_over_the_samples(tmp_path):
     res, out = tmp_path / "results", tmp_path / "reports"
-    write(res, "bm25_rag", "locomo", "complete", 0.25)
-    write(res, "llmlingua1_smol", "locomo", "complete", 0.10)
+    # two sessions: (1.0 + 2.0) + (0.5 + 1.5) seconds of ingest + answer over the record's 3 samples
+    write(res, "bm25_rag", "locomo", "complete", 0.25,
+          sessions=[{"wall_s": 9.0, "samples": 2, "load_s": 6.0, "ingest_s": 1.0, "answer_s": 2.0},
+                    {"wall_s": 8.0, "samples": 1, "load_s": 6.0, "ingest_s": 0.5, "answer_s": 1.5}])
+    write(res, "llmlingua1_smol", "locomo", "complete", 0.10)  # sessions without the split: no figure
     write(res, "vanilla", "locomo", "running")
     rec = RunRecord(res / "locomo" / "bm25_rag" / "tiny" / "seed-42-bm25_raglocomo")
     rec.append([SampleRecord(f"q{i}", "e", "a", None, "x", "y", None, {"f1": 0.0}, prompt_tokens=100 + 20 * i,
@@ -76,8 +80,8 @@ def test_cost_table_means_over_the_samples(tmp_path):
     build_report(res, out)
     md = (out / "costs.md").read_text()
     # bm25: prompt (100+120+140)/3, context 60, generated (4+5+6)/3, retrieved (1+2+3)/3; no compression
-    assert "| tiny | locomo | bm25_rag | 25.00 ± 1.00 | 120.0 | 60.0 | 5.0 | 2.0 | – | – | 60 context tokens (KV cache) | 0 |" in md
-    assert "| tiny | locomo | llmlingua1_smol | 10.00 ± 1.00 | 50.0 | 30.0 | 2.0 | – | 3.00 | 1.5 | 30 context tokens (KV cache) | 0 |" in md
+    assert "| tiny | locomo | bm25_rag | 25.00 ± 1.00 | 120.0 | 60.0 | 5.0 | 2.0 | – | – | 60 context tokens (KV cache) | 0 | 1.67 |" in md
+    assert "| tiny | locomo | llmlingua1_smol | 10.00 ± 1.00 | 50.0 | 30.0 | 2.0 | – | 3.00 | 1.5 | 30 context tokens (KV cache) | 0 | – |" in md
     assert "| vanilla |" not in md  # only complete runs have a cost
     rows = {r["method"]: r for r in csv.DictReader(open(out / "costs.csv"))}
     assert set(rows) == {"bm25_rag", "llmlingua1_smol"} and float(rows["bm25_rag"]["retrieved"]) == 2.0
