@@ -90,8 +90,9 @@ def strict_json(value: Any) -> Any:
 
 def data_digest(fingerprint: dict[str, Any] | None) -> str | None:
     """One digest of the content checksums in a task's data fingerprint (every ``*sha256`` value, by its
-    key path), so that the same bytes give the same digest wherever they were read from. None when the
-    fingerprint holds no checksum (a task that does not say what it read)."""
+    key path), so that the same bytes give the same digest wherever they were read from, plus the construction
+    parameters of recipe-built data (a ``recipe`` block). None when the fingerprint holds no checksum (a task
+    that does not say what it read)."""
     found: list[tuple[str, str]] = []
 
     def walk(node: Any, path: str) -> None:
@@ -105,7 +106,12 @@ def data_digest(fingerprint: dict[str, Any] | None) -> str | None:
     walk(fingerprint or {}, "")
     if not found:
         return None
-    blob = json.dumps(sorted(found) + [("shuffle_seed", (fingerprint or {}).get("shuffle_seed"))], default=str)
+    extra: list[tuple[str, Any]] = [("shuffle_seed", (fingerprint or {}).get("shuffle_seed"))]
+    if (fingerprint or {}).get("recipe") is not None:
+        # data built by recipe: its parameters (seed, lengths, tokenizer, label maps, counts) are part of what was
+        # read, beside the files' checksums; only added when present, so every other digest stays as it was
+        extra.append(("recipe", json.dumps(fingerprint["recipe"], sort_keys=True, default=str)))
+    blob = json.dumps(sorted(found) + extra, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

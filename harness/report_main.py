@@ -156,6 +156,12 @@ def main_cell(cell, column: Column, wanted: set[str] | None, subset: bool = Fals
                     prompt_tokens=sum(s.prompt_tokens for s in keep) / len(keep))
 
 
+def _recipe(header: dict[str, Any]) -> bool:
+    from harness.report import is_recipe_record
+
+    return is_recipe_record(header)
+
+
 def build_rows(cells: dict, backbone: str, suite: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Main rows of one backbone, and the reason a task's cells are empty where its data is missing here."""
     wanted = {c.task: suite_questions(suite, c.task) for c in COLUMNS}
@@ -172,6 +178,10 @@ def build_rows(cells: dict, backbone: str, suite: dict[str, Any]) -> tuple[list[
                 row["cells"][col.header] = MainCell(missing.get(col.task, "not run"))
             elif cell.status != "complete":
                 row["cells"][col.header] = MainCell(cell.status)
+            elif _recipe(cell.header):
+                # recipe-built data under a benchmark's task name (the task refuses this; a hand-made record
+                # could still carry it): never a benchmark score
+                row["cells"][col.header] = MainCell("not benchmark data")
             else:
                 row["cells"][col.header] = main_cell(cell, col, wanted[col.task],
                                                      subset=bool((suite.get("limits") or {}).get(col.task)))

@@ -28,7 +28,8 @@ from harness.training.episodes import ROLES, Conversation
 ROOT = Path(__file__).resolve().parents[2]
 
 # Evaluation data of the harness's benchmarks: never training data.
-_BENCHMARK_DIRS = ("locomo", "hotpotqa", "ifeval", "gpqa", "memoryagentbench", "memoryagentbench_sources")
+_BENCHMARK_DIRS = ("locomo", "hotpotqa", "ifeval", "gpqa", "memoryagentbench", "memoryagentbench_sources",
+                   "memoryagentbench_recipe")
 _BENCHMARK_HUB_IDS = ("locomo", "hotpotqa", "ifeval", "gpqa", "memoryagentbench")
 
 

@@ -8,6 +8,7 @@ styles; ``max_test_samples`` is the number of leading rows the official scripts 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 SPLITS = ("Accurate_Retrieval", "Test_Time_Learning", "Long_Range_Understanding", "Conflict_Resolution")
@@ -62,10 +63,35 @@ _FAMILY_KEYS = (("icl", "icl"), ("eventqa", "eventqa"), ("infbench_sum", "infben
                 ("factconsolidation", "factconsolidation"))
 
 
+# MAB-recipe sources (``tasks/memoryagentbench/recipe.py``): ``recipe_<competency>_<length>``, each with the
+# family and answer length of the MAB source it imitates and a display name that says it is not that source.
+RECIPE_BASES = {
+    "icl_banking77": ("icl_banking77_5900shot_balance", "BANKING77 (MAB recipe)"),
+    "icl_clinc150": ("icl_clinic150_7050shot_balance", "CLINC150 (MAB recipe)"),
+    "mhqa_hotpotqa": ("ruler_qa2_421K", "MH-Doc QA on HotpotQA (MAB recipe)"),
+}
+_RECIPE_SOURCE = re.compile(r"^recipe_(?P<base>.+)_(?P<length>\d+)$")
+
+
+def recipe_settings(source: str) -> SourceSettings | None:
+    """Settings of a recipe source, or None when ``source`` is not one. ``context_max_length`` is unset: a recipe
+    context is built to its length, so only the backbone's window cuts it."""
+    m = _RECIPE_SOURCE.match(source)
+    if not m or m["base"] not in RECIPE_BASES:
+        return None
+    imitated, display = RECIPE_BASES[m["base"]]
+    base = KNOWN[imitated]
+    # lengths share one display name, as MAB's length variants do; ``by_source`` keeps them apart
+    return SourceSettings(source, base.family, display, None, base.generation_max_length, None)
+
+
 def settings_for(source: str) -> SourceSettings:
     """Known settings, or for an unknown source the family by name and the reference's defaults."""
     if source in KNOWN:
         return KNOWN[source]
+    recipe = recipe_settings(source)
+    if recipe is not None:
+        return recipe
     family = next((f for key, f in _FAMILY_KEYS if key in source), "default")
     return SourceSettings(source, family, source, None, UNKNOWN_GENERATION, None)
 

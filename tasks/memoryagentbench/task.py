@@ -15,6 +15,13 @@ templates, tail truncation to the source's ``context_max_length``), ``scoring: o
 (MAB's substring-exact-match / exact-match; GPT-4o judged sources use a named stand-in),
 ``rows: official`` (the first ``max_test_samples`` rows per source).
 
+``recipe: true`` reads MAB-recipe data (``tasks/memoryagentbench/recipe.py``: two competencies rebuilt by the
+paper's recipe from BANKING77, CLINC150 and HotpotQA; **not MAB**) through the same loader, prompts and scorers,
+under its own task name (``task=memoryagentbench_recipe``). The two kinds never mix: a folder with a recipe
+manifest or ``recipe_*`` sources is refused as MAB, a folder without them is refused as recipe data, and a
+recipe record's data fingerprint carries the manifest (seed, lengths, tokenizer, label maps, source files and
+their SHA-256), which the record's data digest covers.
+
 Scores: per question ``score`` is the primary metric of the question's source under the
 chosen scoring; category (split) and overall scores are sample-weighted means of
 ``score``, as in the reference; ``by_dataset`` gives the per-dataset means.
@@ -34,6 +41,7 @@ from harness.types import ContextUnit, Episode, GenerationSettings, Query, Rende
 from tasks.base import Task, data_root
 from tasks.data_location import locate
 from tasks.hub import HubSource, is_hub_uri, load_hub_dataset, parse_hub_uri, rows_sha256
+from tasks.memoryagentbench import recipe as recipe_data
 from tasks.memoryagentbench.scoring import lenient_correct, lenient_f1, load_catalog, official_scores, parse_output
 
 # the revision others cite (../shared/data/README.md); a fresh online clone reads it when nothing is local
@@ -179,8 +187,14 @@ class MemoryAgentBenchTask(Task):
                  sources: Sequence[str] | None = None, rows: str = "all", prompt_style: str = "unified",
                  scoring: str = "reference", max_context_chars: int | None = 120000, chunk_chars: int = 16000,
                  per_source_lengths: bool = True, entity2id_path: str | None = None,
-                 memorize_timestamp: str = "", prompts: dict[str, Any] | None = None, **kw: Any):
+                 memorize_timestamp: str = "", prompts: dict[str, Any] | None = None, recipe: bool = False,
+                 **kw: Any):
         super().__init__(**kw)
+        self.recipe = bool(recipe)
+        if self.recipe and self.name == MemoryAgentBenchTask.name:
+            # scores of recipe data must never be filed, or reported, as MemoryAgentBench
+            raise ValueError(f"task.recipe=true needs a task name of its own, not {self.name!r}: run "
+                             "task=memoryagentbench_recipe")
         bad = [s for s in splits if s not in SPLITS]
         if bad or not splits:
             raise ValueError(f"task.splits must be a non-empty subset of {list(SPLITS)}, got {list(splits)}")
@@ -199,9 +213,16 @@ class MemoryAgentBenchTask(Task):
         for k in ("system", "memorize", "query"):
             if k not in prompts["official"]:
                 raise ValueError(f"task.prompts.official is missing {k!r}")
-        where = locate(data_dir, "HARNESS_MAB", "memoryagentbench", hub=HUB_FALLBACK)
+        if self.recipe:
+            where = locate(data_dir, "HARNESS_MAB_RECIPE", recipe_data.KIND)
+            if is_hub_uri(where):
+                raise ValueError(f"task.data_dir={where}: recipe data is built locally "
+                                 "(python -m tasks.memoryagentbench.recipe --out DIR), never read from the Hub")
+        else:
+            where = locate(data_dir, "HARNESS_MAB", "memoryagentbench", hub=HUB_FALLBACK)
         self.hub = parse_hub_uri(where) if is_hub_uri(where) else None
         self.data_dir = Path(where if not self.hub else data_root() / "memoryagentbench").expanduser()
+        self._manifest: dict[str, Any] | None = None
         self.splits, self.sources = list(splits), list(sources) if sources else None
         self.rows, self.prompt_style, self.scoring = rows, prompt_style, scoring
         self.max_context_chars, self.chunk_chars = max_context_chars, chunk_chars
@@ -214,20 +235,59 @@ class MemoryAgentBenchTask(Task):
         self._hub_sha: dict[str, str] = {}
 
     # ------------------------------------------------------------------ data
+    def _check_kind(self) -> None:
+        """Recipe data only as recipe data, MAB data only as MAB (see the module docstring)."""
+        if self.hub:
+            return
+        manifest = recipe_data.read_manifest(self.data_dir) if self.data_dir.is_dir() else None
+        if manifest is not None and not self.recipe:
+            raise DataError(self.data_dir, f"holds MAB-recipe data ({recipe_data.MANIFEST}: built by "
+                                           "tasks/memoryagentbench/recipe.py), not MemoryAgentBench; run it as "
+                                           "task=memoryagentbench_recipe")
+        if manifest is None and self.recipe:
+            if not self.data_dir.exists():
+                raise DataError(self.data_dir, "no MAB-recipe data here; build it with python -m "
+                                               "tasks.memoryagentbench.recipe --out DIR, then set task.data_dir=DIR "
+                                               "or $HARNESS_MAB_RECIPE")
+            raise DataError(self.data_dir, f"no {recipe_data.MANIFEST}: not MAB-recipe data (built by python -m "
+                                           "tasks.memoryagentbench.recipe --out DIR)")
+        self._manifest = manifest
+
+    def _check_source(self, split: str, source: str) -> None:
+        is_recipe = source.startswith(recipe_data.SOURCE_PREFIX)
+        if is_recipe != self.recipe:
+            where = self.hub.uri if self.hub else self._files.get(split, self.data_dir)
+            raise DataError(where, f"metadata.source {source!r}: " + (
+                "a MAB-recipe source in data read as MemoryAgentBench; run it as task=memoryagentbench_recipe"
+                if is_recipe else f"not a MAB-recipe source (expected the prefix {recipe_data.SOURCE_PREFIX!r}) "
+                                  "in data read as recipe data"))
+
+    def _check_against_manifest(self, split: str, path: Path) -> None:
+        """The split file is the one the recipe wrote: a replaced file would be scored under the old manifest."""
+        want = ((self._manifest or {}).get("files") or {}).get(split, {}).get("sha256")
+        have = hashlib.sha256(path.read_bytes()).hexdigest()
+        if want != have:
+            raise DataError(path, f"SHA-256 {have[:12]}… differs from the one in {recipe_data.MANIFEST} "
+                                  f"({str(want)[:12]}…); rebuild the folder with python -m tasks.memoryagentbench.recipe")
+
     def load_episodes(self) -> list[Episode]:
         episodes: list[Episode] = []
         found_sources: set[str] = set()
+        self._check_kind()
         for split in self.splits:
             if self.hub:
                 rows = hub_split(self.hub, split)
                 self._hub_sha[split] = rows_sha256(rows)
             else:
                 self._files[split] = find_split_file(self.data_dir, split)
+                if self.recipe:
+                    self._check_against_manifest(split, self._files[split])
                 rows = read_split(self._files[split])
             per_source: dict[str, int] = defaultdict(int)
             for row in rows:
                 meta = row["metadata"] or {}
                 source = meta["source"]
+                self._check_source(split, source)
                 found_sources.add(source)
                 k = per_source[source]
                 per_source[source] += 1
@@ -276,9 +336,15 @@ class MemoryAgentBenchTask(Task):
             return {"source": self.hub.uri, "revision": self.hub.revision or "unpinned (the Hub's latest)",
                     "splits": {s: {"rows_sha256": self._hub_sha[s]} for s in self.splits}}
         files = self._files or {s: find_split_file(self.data_dir, s) for s in self.splits}
-        return {"data_dir": str(self.data_dir),
-                "files": {s: {"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-                          for s, p in files.items()}}
+        out = {"data_dir": str(self.data_dir),
+               "files": {s: {"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                         for s, p in files.items()}}
+        if self.recipe:
+            if self._manifest is None:
+                self._check_kind()
+            # the construction's parameters travel with every record; data_digest covers the "recipe" block
+            out.update(recipe=self._manifest, not_mab=True, note=recipe_data.NOTE)
+        return out
 
     # ----------------------------------------------------------- generation
     def generation_for(self, query: Query) -> GenerationSettings:
@@ -407,7 +473,8 @@ class MemoryAgentBenchTask(Task):
 
     def describe(self) -> dict[str, Any]:
         stand_ins = {f: official_metric(f)[1] for f in ("longmemeval", "infbench_sum")} if self.scoring == "official" else {}
-        return {**super().describe(), "splits": self.splits, "sources": self.sources, "rows": self.rows,
+        return {**super().describe(), "recipe": self.recipe, "splits": self.splits, "sources": self.sources,
+                "rows": self.rows,
                 "prompt_style": self.prompt_style, "scoring": self.scoring, "max_context_chars": self.max_context_chars,
                 "chunk_chars": self.chunk_chars, "per_source_lengths": self.per_source_lengths,
                 "official_metric_stand_ins": stand_ins}
