@@ -28,15 +28,45 @@ def heldout_groups(groups: Iterable[str], *, fraction: float, seed: int, source:
     return set(ranked[:k])
 
 
+# A source that decides the split itself (e.g. by template family, recall_diverse.py) sets this metadata key to
+# True or False on every conversation; the hash split would mix held-out templates into training.
+FIXED_SPLIT_KEY = "heldout"
+
+
+def _fixed_heldout_groups(source: str, episodes: Sequence[Episode]) -> set[str] | None:
+    """The held-out groups a source fixed through ``metadata["heldout"]``, or None when it fixed none."""
+    marked = [e for e in episodes if FIXED_SPLIT_KEY in e.metadata]
+    if not marked:
+        return None
+    if len(marked) != len(episodes):
+        raise ConfigError(f"train_data source {source!r}: {len(marked)} of {len(episodes)} episodes set "
+                          f"metadata[{FIXED_SPLIT_KEY!r}]; a source fixes the side of every episode or of none")
+    bad = sorted({repr(e.metadata[FIXED_SPLIT_KEY]) for e in marked
+                  if not isinstance(e.metadata[FIXED_SPLIT_KEY], bool)})
+    if bad:
+        raise ConfigError(f"train_data source {source!r}: metadata[{FIXED_SPLIT_KEY!r}] must be true or false, "
+                          f"got {', '.join(bad)}")
+    held = {e.group for e in marked if e.metadata[FIXED_SPLIT_KEY]}
+    torn = sorted(held & {e.group for e in marked if not e.metadata[FIXED_SPLIT_KEY]})
+    if torn:
+        raise ConfigError(f"train_data source {source!r}: group {torn[0]!r} has episodes on both sides of the split")
+    return held
+
+
 def split_episodes(episodes: Sequence[Episode], *, fraction: float, seed: int) -> tuple[list[Episode], list[Episode]]:
-    """``(train, heldout)``, split per source by group."""
+    """``(train, heldout)``, split per source by group: by the source's own ``metadata["heldout"]`` where it
+    sets one, otherwise by :func:`heldout_groups` (``fraction`` of the groups)."""
+    if not 0.0 <= fraction < 1.0:  # checked even when every source fixes its own split
+        raise ConfigError(f"heldout_fraction must be in [0, 1), got {fraction}")
     by_source: dict[str, list[Episode]] = {}
     for ep in episodes:
         by_source.setdefault(ep.source, []).append(ep)
     held: set[tuple[str, str]] = set()
     for source, eps in by_source.items():
-        held |= {(source, g) for g in heldout_groups((e.group for e in eps), fraction=fraction, seed=seed,
-                                                       source=source)}
+        fixed = _fixed_heldout_groups(source, eps)
+        if fixed is None:
+            fixed = heldout_groups((e.group for e in eps), fraction=fraction, seed=seed, source=source)
+        held |= {(source, g) for g in fixed}
     train = [e for e in episodes if (e.source, e.group) not in held]
     heldout = [e for e in episodes if (e.source, e.group) in held]
     return train, heldout
