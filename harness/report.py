@@ -638,6 +638,7 @@ def write_main(cells: dict[tuple[str, str, str, str], Cell], out: Path, suite: d
         header, body = rm.table_lines(rows)
         notes = rm.footnotes(cols, suite, stand_in_notes([(k, c) for k, c in cells.items() if k[0] == backbone]),
                              missing) + data_notes([(k, c) for k, c in cells.items() if k[0] == backbone])
+        notes += [n for n in (rm.compute_note(rows),) if n]
         md += [f"## Backbone: {backbone}", "", _md_table(header, body), "", *notes, ""]
         tex_parts.append(f"% Backbone: {backbone}\n" + rm.to_latex(header, body, notes))
         for r in rows:

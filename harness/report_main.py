@@ -59,6 +59,7 @@ class MainCell:
     subset: bool = False
     samples: dict[str, tuple[float, str]] = field(default_factory=dict)  # id -> (value, episode)
     prompt_tokens: float | None = None  # mean per question over the same samples
+    thread_seconds: tuple[float, bool] | None = None  # wall × threads pro-rated; a thread count assumed
 
     def text(self, bold: bool = False) -> str:
         if self.status != "complete":
@@ -153,7 +154,40 @@ def main_cell(cell, column: Column, wanted: set[str] | None, subset: bool = Fals
                     len(wanted) if wanted else None, beside,
                     subset=subset or bool(cell.header.get("data", {}).get("subset")),
                     samples={s.sample_id: (v, c) for s, v, c in zip(keep, values, clusters)},
-                    prompt_tokens=sum(s.prompt_tokens for s in keep) / len(keep))
+                    prompt_tokens=sum(s.prompt_tokens for s in keep) / len(keep),
+                    thread_seconds=thread_seconds(cell.header, len(keep), len(samples)))
+
+
+def thread_seconds(header: dict[str, Any], used: int, held: int) -> tuple[float, bool] | None:
+    """Σ wall seconds × threads over a record's sessions, the share of ``used`` of its ``held`` samples (a record
+    of the whole task behind a subset cell counts for the subset only), and whether a session's thread count had
+    to be taken as 1 (records written before sessions recorded it)."""
+    sessions = (header.get("timings") or {}).get("sessions") or []
+    if not sessions or not held:
+        return None
+    total = sum(float(x.get("wall_s") or 0) * int(x.get("threads") or 1) for x in sessions)
+    return total * used / held, any("threads" not in x for x in sessions)
+
+
+def compute_note(rows: list[dict[str, Any]]) -> str | None:
+    """The CPU time behind the filled cells (one figure per method × task: EM and F1 share a record)."""
+    per_run: dict[tuple[str, str], tuple[float, bool] | None] = {}
+    for r in rows:
+        for col in COLUMNS:
+            c = r["cells"][col.header]
+            if c.status == "complete":
+                per_run[(r["method"], col.task)] = c.thread_seconds
+    if not per_run:
+        return None
+    known = [v for v in per_run.values() if v is not None]
+    assumed = sum(1 for _, one in known if one)
+    missing = len(per_run) - len(known)
+    return (f"Compute: the {len(per_run)} runs behind the filled cells took {sum(v for v, _ in known) / 3600:,.1f} "
+            "CPU thread-hours (wall time × threads of each session; pro-rated where a record holds more questions "
+            "than the suite asks)"
+            + (f"; {assumed} of them from sessions that did not record their threads, counted as one thread (a lower "
+               "bound if they ran on more)" if assumed else "")
+            + (f"; {missing} record(s) without timings not counted" if missing else "") + ".")
 
 
 def _recipe(header: dict[str, Any]) -> bool:

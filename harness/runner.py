@@ -305,7 +305,8 @@ def _run_locked(cfg, load, task, method, episodes, names, seed, control, semanti
     sessions = list(previous.get("timings", {}).get("sessions", []))
     # This session's timings live in the header from the start and are refreshed while the
     # run goes, so a run that is killed still leaves an honest account of its time.
-    session: dict[str, Any] = {"wall_s": 0.0, "samples": 0}
+    # threads: the compute a session's wall time stands for (reports sum CPU thread-hours from it)
+    session: dict[str, Any] = {"wall_s": 0.0, "samples": 0, "threads": torch.get_num_threads()}
     sessions.append(session)
     header: dict[str, Any] = {
         "status": "running",

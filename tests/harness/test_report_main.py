@@ -159,3 +159,22 @@ def test_a_suite_subset_covered_by_a_complete_full_record_is_not_run_again(tmp_p
     assert again.status == "skipped" and again.path == made.path
     # asked by hand, the subset is its own record
     assert run_experiment(by_hand, load=lambda _: tiny_backbone).path != made.path
+
+
+def test_compute_note_sums_thread_hours_once_per_run_and_prorates_subsets(tmp_path, suite_ids):
+    res, out = tmp_path / "results", tmp_path / "reports"
+    record(res, "vanilla", "locomo", "context", {f"q{i}": 0.2 for i in range(30)})  # 20 of its 30 questions used
+    record(res, "vanilla", "hotpotqa", "context", {f"q{i}": 0.5 for i in range(10)},
+           extra={"em_official": 0.1, "f1_official": 0.5, "f1_reference": 0.6})
+    timings = {("vanilla", "locomo"): [{"wall_s": 3600.0, "threads": 2}, {"wall_s": 1800.0, "threads": 1}],
+               ("vanilla", "hotpotqa"): [{"wall_s": 7200.0}]}  # an older session: threads not recorded
+    for (method, task), sessions in timings.items():
+        rec = RunRecord(res / task / method / "tiny" / f"seed-42-{method}{task}context")
+        header = rec.header()
+        header["timings"] = {"sessions": sessions, "wall_s_total": sum(s["wall_s"] for s in sessions)}
+        rec.write_header(header)
+    build_report(res, out)
+    note = next(l for l in (out / "main.md").read_text().splitlines() if l.startswith("Compute:"))
+    # LoCoMo (3600·2 + 1800·1)·20/30 = 6000 s; HotpotQA EM and F1 share one record: 7200 s once -> 3.7 h
+    assert "the 2 runs behind the filled cells took 3.7 CPU thread-hours" in note
+    assert "1 of them from sessions that did not record their threads" in note

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from harness.records import RunRecord
@@ -56,6 +57,7 @@ def test_crash_then_resume_loses_nothing_and_duplicates_nothing(tmp_path, tiny_b
     assert header["status"] == "complete" and header["metrics"]["n_samples"] == 6
     assert header["protocol"] == "memory"
     assert len(header["timings"]["sessions"]) == 2
+    assert all(s["threads"] == torch.get_num_threads() for s in header["timings"]["sessions"])  # CPU-hours
 
     again = run_experiment(cfg, load=lambda _: pytest.fail("a complete record must not load the model"))
     assert again.status == "skipped"
