@@ -507,68 +507,20 @@ class Trainer:
                 "elapsed_s": round(self.elapsed, 2), "peak_mem_mb": round(_peak_memory_mb(self.device), 1)}
 
     def run(self, *, resume: bool) -> dict[str, Any]:
-        from tqdm import tqdm
-
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.out_dir / LOG_FILE
-        existing = checkpoint_dirs(self.out_dir)
-        if resume and existing:
-            self.load_checkpoint(existing[-1])
-            _truncate_log(log_path, self.step)
-            print(f"[train] resumed from {existing[-1]} (step {self.step}/{self.total_steps})", file=sys.stderr)
-        elif existing:
-            raise HarnessError(f"{self.out_dir} already has checkpoints (last: {existing[-1].name}); pass resume=true "
-                               "to continue, or choose another out_dir")
-        else:
-            if resume:
-                print(f"[train] resume=true but no checkpoint in {self.out_dir}: starting from step 0", file=sys.stderr)
-            log_path.unlink(missing_ok=True)
-        self.model.train()
-        started = time.time()
-        steps_here = 0
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.learner.label}", unit="step",
-                   disable=not self.controls.progress, dynamic_ncols=True, file=sys.stderr)
-        ema = None
-        stopped = None
-        every = self.controls.eval_every if self.eval_set and self.dp.main else None
+        resume_or_start(self, log_path, resume=resume, say=lambda m: print(f"[train] {m}", file=sys.stderr))
         main = self.dp.main
-        try:
-            with open(log_path if main else os.devnull, "a", encoding="utf-8") as log:
-                if every and self.step == 0:
-                    log.write(json.dumps(self.eval_row()) + "\n")
-                while self.step < self.total_steps:
-                    row = self.train_step()
-                    steps_here += 1
-                    if not math.isfinite(row["loss"]):
-                        raise HarnessError(f"step {self.step}: the loss is {row['loss']}; stopping (last checkpoint "
-                                           "is intact)")
-                    if self.step % self.controls.log_every == 0 or self.step == self.total_steps:
-                        log.write(json.dumps(row) + "\n")
-                        log.flush()
-                    ema = row["loss"] if ema is None else 0.9 * ema + 0.1 * row["loss"]
-                    bar.set_postfix(loss=f"{ema:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
-                    bar.update(1)
-                    if every and (self.step % every == 0 or self.step == self.total_steps):
-                        ev = self.eval_row()
-                        log.write(json.dumps(ev) + "\n")
-                        log.flush()
-                        bar.write(f"[train] step {self.step}: held-out CE {ev['heldout_ce']:.4f} "
-                                  f"(another's history {ev['heldout_ce_other_history'] or float('nan'):.4f}, "
-                                  f"no memory {ev['heldout_ce_nocontext']:.4f}, {ev['heldout_episodes']} episodes)")
-                    if self.step % self.controls.save_every == 0 and self.step < self.total_steps and main:
-                        self.save_checkpoint()
-                        plot_loss_curve(log_path, self.out_dir / CURVE_FILE)
-                    if self.controls.stop_after_steps and steps_here >= self.controls.stop_after_steps:
-                        stopped = f"stop_after_steps={self.controls.stop_after_steps}"
-                    elif self.dp.any(bool(self.controls.time_limit_min) and
-                                     time.time() - started > 60 * (self.controls.time_limit_min or 0)):
-                        stopped = f"time_limit_min={self.controls.time_limit_min}"
-                    if stopped and self.step < self.total_steps:
-                        break
-                    stopped = None
-        finally:
-            bar.close()
-            self.model.eval()
+        started = time.time()
+        limit = self.controls.time_limit_min
+        stopped = train_steps(
+            self, log_path, module=self.model, desc=f"train {self.learner.label}", writes=main,
+            eval_every=self.controls.eval_every if self.eval_set and main else None,
+            eval_message=lambda ev: (f"[train] step {self.step}: held-out CE {ev['heldout_ce']:.4f} "
+                                     f"(another's history {ev['heldout_ce_other_history'] or float('nan'):.4f}, "
+                                     f"no memory {ev['heldout_ce_nocontext']:.4f}, {ev['heldout_episodes']} episodes)"),
+            # every rank asks on every step: the answer is a collective, so all ranks pause together
+            time_up=lambda: self.dp.any(bool(limit) and time.time() - started > 60 * (limit or 0)))
         if stopped:
             if not main:
                 return {"status": "paused", "step": self.step, "total_steps": self.total_steps}
@@ -847,3 +799,71 @@ def run_training(cfg, *, load: Callable[[Any], Any] | None = None) -> dict[str, 
         return trainer.run(resume=bool(cfg.get("resume", False)))
     finally:
         trainer.close()
+
+
+def resume_or_start(trainer: Any, log_path: Path, *, resume: bool, say: Callable[[str], None]) -> None:
+    """Load ``trainer``'s last checkpoint (``resume``) and cut its log back to that step, refuse to overwrite
+    checkpoints without ``resume``, or start afresh. Shared by every trainer with ``out_dir``, ``step``,
+    ``total_steps`` and ``load_checkpoint``."""
+    existing = checkpoint_dirs(trainer.out_dir)
+    if resume and existing:
+        trainer.load_checkpoint(existing[-1])
+        _truncate_log(log_path, trainer.step)
+        say(f"resumed from {existing[-1]} (step {trainer.step}/{trainer.total_steps})")
+    elif existing:
+        raise HarnessError(f"{trainer.out_dir} already has checkpoints (last: {existing[-1].name}); pass resume=true "
+                           "to continue, or choose another out_dir")
+    else:
+        if resume:
+            say(f"resume=true but no checkpoint in {trainer.out_dir}: starting from step 0")
+        log_path.unlink(missing_ok=True)
+
+
+def train_steps(trainer: Any, log_path: Path, *, module: Any, desc: str, writes: bool, eval_every: int | None,
+                eval_message: Callable[[dict[str, Any]], str], time_up: Callable[[], bool]) -> str | None:
+    """Step ``trainer`` (``train_step``, ``eval_row``, ``save_checkpoint``, ``controls``) to the end (None) or
+    to a pause (its reason): the log, progress bar, periodic held-out rows and checkpoints every trainer shares.
+    ``writes``: this process writes the log and checkpoints (data-parallel process 0)."""
+    from tqdm import tqdm
+
+    c = trainer.controls
+    module.train()
+    steps_here, stopped, ema = 0, None, None
+    bar = tqdm(total=trainer.total_steps, initial=trainer.step, desc=desc, unit="step", disable=not c.progress,
+               dynamic_ncols=True, file=sys.stderr)
+    try:
+        with open(log_path if writes else os.devnull, "a", encoding="utf-8") as log:
+            if eval_every and trainer.step == 0:
+                log.write(json.dumps(trainer.eval_row()) + "\n")
+                log.flush()
+            while trainer.step < trainer.total_steps:
+                row = trainer.train_step()
+                steps_here += 1
+                if not math.isfinite(row["loss"]):
+                    raise HarnessError(f"step {trainer.step}: the loss is {row['loss']}; stopping (last checkpoint "
+                                       "is intact)")
+                if trainer.step % c.log_every == 0 or trainer.step == trainer.total_steps:
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                ema = row["loss"] if ema is None else 0.9 * ema + 0.1 * row["loss"]
+                bar.set_postfix(loss=f"{ema:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+                bar.update(1)
+                if eval_every and (trainer.step % eval_every == 0 or trainer.step == trainer.total_steps):
+                    ev = trainer.eval_row()
+                    log.write(json.dumps(ev) + "\n")
+                    log.flush()
+                    bar.write(eval_message(ev))
+                if trainer.step % c.save_every == 0 and trainer.step < trainer.total_steps and writes:
+                    trainer.save_checkpoint()
+                    plot_loss_curve(log_path, trainer.out_dir / CURVE_FILE)
+                if c.stop_after_steps and steps_here >= c.stop_after_steps:
+                    stopped = f"stop_after_steps={c.stop_after_steps}"
+                elif time_up():
+                    stopped = f"time_limit_min={c.time_limit_min}"
+                if stopped and trainer.step < trainer.total_steps:
+                    break
+                stopped = None
+    finally:
+        bar.close()
+        module.eval()
+    return stopped

@@ -807,64 +807,17 @@ class MLPTrainer:
 
     def run(self, *, resume: bool, clock: _Clock) -> str | None:
         """Train to the end (None) or pause (the reason); checkpoints and the log as the episode trainer's."""
-        from tqdm import tqdm
-
-        from harness.training.trainer import CURVE_FILE, LOG_FILE, _truncate_log, checkpoint_dirs, plot_loss_curve
+        from harness.training.trainer import CURVE_FILE, LOG_FILE, plot_loss_curve, resume_or_start, train_steps
 
         log_path = self.out_dir / LOG_FILE
-        existing = checkpoint_dirs(self.out_dir)
-        if resume and existing:
-            self.load_checkpoint(existing[-1])
-            _truncate_log(log_path, self.step)
-            _log(f"train: resumed from {existing[-1]} (step {self.step}/{self.total_steps})")
-        elif existing:
-            raise HarnessError(f"{self.out_dir} already has checkpoints (last: {existing[-1].name}); pass resume=true "
-                               "to continue, or choose another out_dir")
-        else:
-            if resume:
-                _log(f"train: resume=true but no checkpoint in {self.out_dir}: starting from step 0")
-            log_path.unlink(missing_ok=True)
-        self.net.train()
-        steps_here, stopped, ema = 0, None, None
-        every = self.controls.eval_every if self.eval is not None else None
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="mlp_memory train", unit="step",
-                   disable=not self.controls.progress, dynamic_ncols=True, file=sys.stderr)
-        try:
-            with open(log_path, "a", encoding="utf-8") as log:
-                if every and self.step == 0:
-                    log.write(json.dumps(self.eval_row()) + "\n")
-                    log.flush()
-                while self.step < self.total_steps:
-                    row = self.train_step()
-                    steps_here += 1
-                    if not math.isfinite(row["loss"]):
-                        raise HarnessError(f"step {self.step}: the loss is {row['loss']}; stopping (last checkpoint "
-                                           "is intact)")
-                    if self.step % self.controls.log_every == 0 or self.step == self.total_steps:
-                        log.write(json.dumps(row) + "\n")
-                        log.flush()
-                    ema = row["loss"] if ema is None else 0.9 * ema + 0.1 * row["loss"]
-                    bar.set_postfix(loss=f"{ema:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
-                    bar.update(1)
-                    if every and (self.step % every == 0 or self.step == self.total_steps):
-                        ev = self.eval_row()
-                        log.write(json.dumps(ev) + "\n")
-                        log.flush()
-                        bar.write(f"[mlp_memory] step {self.step}: held-out CE backbone {ev['heldout_ce_nocontext']:.4f}, "
-                                  f"mixture (λ 0.25) {ev['heldout_ce']:.4f}, MLP alone {ev['heldout_ce_mlp']:.4f}")
-                    if self.step % self.controls.save_every == 0 and self.step < self.total_steps:
-                        self.save_checkpoint()
-                        plot_loss_curve(log_path, self.out_dir / CURVE_FILE)
-                    if self.controls.stop_after_steps and steps_here >= self.controls.stop_after_steps:
-                        stopped = f"stop_after_steps={self.controls.stop_after_steps}"
-                    elif clock.up():
-                        stopped = f"time_limit_min={self.controls.time_limit_min}"
-                    if stopped and self.step < self.total_steps:
-                        break
-                    stopped = None
-        finally:
-            bar.close()
-            self.net.eval()
+        resume_or_start(self, log_path, resume=resume, say=lambda m: _log(f"train: {m}"))
+        stopped = train_steps(
+            self, log_path, module=self.net, desc="mlp_memory train", writes=True,
+            eval_every=self.controls.eval_every if self.eval is not None else None,
+            eval_message=lambda ev: (f"[mlp_memory] step {self.step}: held-out CE backbone "
+                                     f"{ev['heldout_ce_nocontext']:.4f}, mixture (λ 0.25) {ev['heldout_ce']:.4f}, "
+                                     f"MLP alone {ev['heldout_ce_mlp']:.4f}"),
+            time_up=clock.up)
         if stopped:
             path = self.save_checkpoint()
             plot_loss_curve(log_path, self.out_dir / CURVE_FILE)
