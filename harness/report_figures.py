@@ -24,6 +24,10 @@ def _panels(cells, suite) -> list[tuple[str, str, list[tuple[str, Any]]]]:
     return out
 
 
+def _varies(values: list[float], ratio: float = 1.1) -> bool:
+    return len(values) > 1 and max(values) > ratio * min(values)
+
+
 def _grid(n: int, min_width: float = 0.0):
     import matplotlib.pyplot as plt
 
@@ -65,10 +69,16 @@ def write_figures(cells, out: Path, suite: dict[str, Any]) -> list[Path]:
     fig.savefig(out / "main.png", dpi=120)
     plt.close(fig)
 
+    # A task where every method reads the same prompt (IFEval, GPQA-D: no context) has nothing to show on the
+    # cost axis; its panel is left out and the title says so.
+    spread = [p for p in panels if _varies([c.prompt_tokens for _, c in p[2] if c.prompt_tokens])]
+    flat = [p[1] for p in panels if p not in spread] if spread else []
+    panels = spread or panels
     methods = sorted({m for _, _, done in panels for m, _ in done})
     fig, axes = _grid(len(panels), min_width=8.0)
-    cmap = plt.get_cmap("tab20")
-    style = {m: (cmap(i % 20), "os^Dvp*hX"[i % 9]) for i, m in enumerate(methods)}
+    # tab10 hues, each with its own marker: tab20 pairs a light and a dark shade of one hue, hard to tell apart
+    cmap = plt.get_cmap("tab10")
+    style = {m: (cmap(i % 10), "os^Dvp*hX<>"[i % 11]) for i, m in enumerate(methods)}
     for ax, (backbone, header, done) in zip(axes, panels):
         for m, c in done:
             if c.prompt_tokens:
@@ -83,7 +93,10 @@ def write_figures(cells, out: Path, suite: dict[str, Any]) -> list[Path]:
     # about 1.9 inches per legend entry at this font size: as many columns as the canvas holds
     per_row = max(1, min(len(methods), int(fig.get_figwidth() // 1.9)))
     fig.legend(handles=handles, loc="outside lower center", ncol=per_row, fontsize=8, frameon=False)
-    fig.suptitle("Quality against prompt cost per task (main rows)", fontsize=10)
+    title = "Quality against prompt cost per task (main rows)"
+    if flat:
+        title += f"; not drawn: {', '.join(dict.fromkeys(flat))} (every method reads the same prompt)"
+    fig.suptitle(title, fontsize=10)
     fig.savefig(out / "cost_quality.png", dpi=120)
     plt.close(fig)
     return [out / "main.png", out / "cost_quality.png"]

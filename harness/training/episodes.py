@@ -227,6 +227,18 @@ class ChatRenderer:
             owner.append(j if starts[j] <= a < ends[j] else -1)
         return ids, owner
 
+    def content_start(self, messages: Sequence[Message], ids: Sequence[int]) -> int:
+        """Index in ``ids`` (``messages`` encoded) of the last message's first content token: the length of the
+        earlier messages rendered with the generation prompt, which is what an evaluation prompt ends with.
+        Raises :class:`TemplateNotPrefixStable` when that rendering is not a token prefix of ``ids``."""
+        prompt = self.text(messages[:-1], add_generation_prompt=True)
+        head = list(self.tokenizer(prompt, add_special_tokens=not self.has_template)["input_ids"])
+        if not self.text(messages).startswith(prompt) or list(ids[:len(head)]) != head:
+            raise TemplateNotPrefixStable(
+                "the prompt with the generation header is not a token prefix of the whole conversation; the "
+                "start of the last message's content cannot be located")
+        return len(head)
+
     def _encode_by_prefixes(self, messages, starts, ends, add_special) -> tuple[list[int], list[int]]:
         full = self.text(messages)
         ids = list(self.tokenizer(full, add_special_tokens=add_special)["input_ids"])

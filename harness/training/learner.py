@@ -98,14 +98,19 @@ def visible_messages(ep: Episode, history_from: Episode | None = None) -> tuple:
     return tuple(ep.system) + tuple(history) + tuple(ep.read[n_sys:])
 
 
-def tokenize_visible(ep: Episode, renderer: ChatRenderer, *, length: int,
-                     history_from: Episode | None = None) -> TokenizedEpisode:
+def tokenize_visible(ep: Episode, renderer: ChatRenderer, *, length: int, history_from: Episode | None = None,
+                     label_header: bool = True) -> TokenizedEpisode:
     """The whole conversation as one read sequence with labels on the target (left-truncated to ``length``);
-    nothing to write. A hidden-history variant is :func:`tokenize_episode`'s read part alone."""
+    nothing to write. A hidden-history variant is :func:`tokenize_episode`'s read part alone.
+    ``label_header=False`` leaves the target turn's template header (e.g. ``<|im_start|>assistant\n``) out of
+    the labels, so the first label is the first token a model generates after an evaluation prompt."""
     messages = visible_messages(ep, history_from)
     ids, owner = renderer.encode(messages)
     target = len(messages) - 1
     labels = [t if o == target else IGNORE for t, o in zip(ids, owner)]
+    if not label_header:
+        start = renderer.content_start(messages, ids)
+        labels[:start] = [IGNORE] * start
     drop = max(0, len(ids) - length)
     return TokenizedEpisode(id=ep.id, source=ep.source, write_ids=(), write_message_ids=(),
                             read_ids=tuple(ids[drop:]), labels=tuple(labels[drop:]), read_dropped=drop)

@@ -43,7 +43,10 @@ class MemGenLearner(Learner):
 
     def tokenize(self, ep: Episode, history_from: Episode | None = None) -> TokenizedEpisode:
         s = self.settings
-        return tokenize_visible(ep, self.renderer, length=s.write_length + s.read_length, history_from=history_from)
+        # Labels start at the target's content, so the prompt latents go where decoding puts them: after the
+        # generation header that ends every evaluation prompt, not before it.
+        return tokenize_visible(ep, self.renderer, length=s.write_length + s.read_length, history_from=history_from,
+                                label_header=False)
 
     def _ce_sum(self, tok: TokenizedEpisode, *, bare: bool = False) -> tuple[torch.Tensor, int]:
         from harness.training.trainer import _model_call

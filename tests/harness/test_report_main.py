@@ -114,6 +114,37 @@ def test_figures_keep_every_label_inside_the_canvas(tmp_path, suite_ids):
     assert len(checked) == 2 and outside == [], outside[:5]
 
 
+def test_the_cost_figure_leaves_out_a_task_where_every_method_reads_the_same_prompt(tmp_path, suite_ids, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harness import report_figures
+    from harness.report import collect
+
+    res = tmp_path / "results"
+    for i, m in enumerate(["vanilla", "bm25_rag", "vanilla_nocontext"]):
+        record(res, m, "locomo", report_main.default_protocol(m), {f"q{k}": 0.1 * (i + 1) for k in range(20)})
+    for i, m in enumerate(["vanilla", "context2lora"]):  # IFEval: no context, the same prompt for both
+        record(res, m, "ifeval", report_main.default_protocol(m), {f"q{k}": 0.2 * (i + 1) for k in range(20)},
+               metric="prompt_level_strict_acc")
+    drawn = []
+    original = plt.Figure.savefig
+
+    def spy(fig, path, *a, **kw):
+        drawn.append((Path(path).name, [ax.get_title() for ax in fig.axes if ax.get_visible()],
+                      fig.get_suptitle()))
+        original(fig, path, *a, **kw)
+
+    monkeypatch.setattr(plt.Figure, "savefig", spy)
+    report_figures.write_figures(collect(res), tmp_path, {"name": "t", "limits": {}})
+    titles = dict((name, (axes, sup)) for name, axes, sup in drawn)
+    assert titles["main.png"][0] == ["IFEval", "LoCoMo"]
+    assert titles["cost_quality.png"][0] == ["LoCoMo"]
+    assert "not drawn: IFEval" in titles["cost_quality.png"][1]
+
+
 def test_the_suite_sets_the_limit_the_record_hash_already_has():
     from harness.runner import apply_suite, semantic_config
 

@@ -106,6 +106,41 @@ def test_the_training_path_equals_the_decoding_path():
     assert decoded.shape == forced.shape and (decoded - forced).abs().max() < 1e-4
 
 
+def test_training_inserts_where_decoding_inserts(monkeypatch):
+    """On a chat episode, the learner's insertion points are where the decoder inserts when it is forced along the
+    target after the evaluation prompt (the prompt with the generation header): the prompt block right after the
+    header, the inference blocks after the same delimiters."""
+    from types import SimpleNamespace
+
+    from harness.training.episodes import IGNORE, Episode
+    from harness.training.learner import visible_messages
+    from methods.memgen import weave
+    from methods.memgen.learner import MemGenLearner
+
+    bb = make_backbone()
+    ep = Episode(id="e", source="s", group="g",
+                 write=({"role": "user", "content": "I painted a lake, a boat and a dog."},
+                        {"role": "assistant", "content": "Nice. Tell me more."}),
+                 read=({"role": "user", "content": "What did I paint?"},
+                       {"role": "assistant", "content": "A lake, a boat, and a dog. Then, nothing."}))
+    learner = MemGenLearner(bb, {"weaver_dropout": 0.0, "max_inference_aug_num": 3},
+                            SimpleNamespace(write_length=256, read_length=96))
+    tok = learner.tokenize(ep)
+    points = target_insertion_points(tok.read_ids, tok.labels, bb.tokenizer, learner.mg.config, IGNORE)
+    prompt = bb.chat_ids(list(visible_messages(ep)[:-1]))
+    assert list(tok.read_ids[:len(prompt)]) == prompt and points[0] == (len(prompt), "prompt")
+    n = learner.mg.config.prompt_latents
+    trained = [i + n * k for k, (i, _) in enumerate(points)]  # reasoner positions, earlier blocks counted
+
+    target = iter(tok.read_ids[len(prompt):])
+    monkeypatch.setattr(weave, "_next_tokens", lambda logits, settings, generators: [next(target)])
+    seen, latents = [], weave.Stream.latents
+    monkeypatch.setattr(weave.Stream, "latents", lambda self, kind: (seen.append(self.length), latents(self, kind))[1])
+    out = generate_one(learner.mg, bb.tokenizer, prompt, GenerationSettings(max_new_tokens=64), stop_ids=bb.stop_ids)
+    assert out.stopped and len(points) == 4 and seen == trained
+    learner.mg.detach()
+
+
 def test_insertion_points_follow_the_official_rule():
     bb = make_backbone()
     ids = bb.encode("a, b. c, d, e")
