@@ -1,8 +1,9 @@
 """MemGen as a harness method: the episode context in the prompt (``context`` protocol), latents woven in at
 the end of the prompt and after delimiters while decoding. Runs on every task (the weaver changes what the model
 does on IFEval and GPQA too). Decoding follows the task's settings (greedy or seeded sampling) like every other
-method here; the official ``generate`` is greedy only. Questions are decoded one at a time (each row inserts at
-its own points), on the episode's shared prefix prefilled once for the reasoner and once for the weaver."""
+method here; the official ``generate`` is greedy only. The questions of a batch are decoded together on the
+episode's shared prefix (prefilled once for the reasoner and once for the weaver), each inserting latents at its own
+points (``weave.generate_woven_batch``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,7 @@ from harness.types import Episode, Prediction, Query
 from methods.base import Method
 from methods.context2lora import check_adapter_backbone
 from methods.memgen.model import MemGen, MemGenConfig
-from methods.memgen.weave import generate_one, weave_prefix
+from methods.memgen.weave import Woven, generate_woven_batch, weave_prefix
 from methods.prompting import build_episode_prompts, context_budget
 
 
@@ -26,7 +27,6 @@ class MemGenMethod(Method):
         fields = set(MemGenConfig.__dataclass_fields__) - {"extra"}
         weave = {k: kw.pop(k) for k in list(kw) if k in fields}
         kw.setdefault("protocol", "context" if use_context else "memory")
-        kw.setdefault("batch_size", 1)
         super().__init__(**kw)
         self.check_training_config({**weave, "max_prompt_aug_num": max_prompt_aug_num or 0,
                                     "max_inference_aug_num": max_inference_aug_num or 0})
@@ -78,8 +78,10 @@ class MemGenMethod(Method):
                 "context_truncated": context.truncated}
 
     def answer(self, episode: Episode, queries: Sequence[Query]) -> list[Prediction]:
-        out = []
+        from dataclasses import replace
+
         p = self._prefix.length if self._prefix else 0
+        plans = []  # (query, settings, capped room or None)
         for q in queries:
             ids = self._ids[q.id]
             settings = self.task.generation_for(q)
@@ -88,19 +90,24 @@ class MemGenMethod(Method):
                 raise ValueError(f"{self.task.name}: a prompt of {len(ids)} tokens and {self._latent_room} latent "
                                  f"tokens leave no room to answer in the {self.backbone.window}-token window")
             capped = settings.max_new_tokens > room
-            if capped:
-                from dataclasses import replace
-
-                settings = replace(settings, max_new_tokens=room)
-            woven = generate_one(self.mg, self.backbone.tokenizer, ids[p:], settings, stop_ids=self.backbone.stop_ids,
-                                 prefix=self._prefix, weaver_prefix=self._weaver_prefix,
-                                 seed=self.task.query_seed(q, self.seed))
+            plans.append((q, replace(settings, max_new_tokens=room) if capped else settings, room if capped else None))
+        woven: dict[str, Woven] = {}
+        for settings in dict.fromkeys(s for _, s, _ in plans):  # one batch per decoding setting, in query order
+            group = [q for q, s, _ in plans if s == settings]
+            for q, w in zip(group, generate_woven_batch(
+                    self.mg, self.backbone.tokenizer, [self._ids[q.id][p:] for q in group], settings,
+                    stop_ids=self.backbone.stop_ids, pad_id=self.backbone.pad_id, prefix=self._prefix,
+                    weaver_prefix=self._weaver_prefix, seeds=[self.task.query_seed(q, self.seed) for q in group])):
+                woven[q.id] = w
+        out = []
+        for q, _, capped in plans:
+            w, ids = woven[q.id], self._ids[q.id]
             out.append(Prediction(
-                text=self.backbone.decode(woven.ids).strip(), prompt_tokens=len(ids), new_tokens=len(woven.ids),
+                text=self.backbone.decode(w.ids).strip(), prompt_tokens=len(ids), new_tokens=len(w.ids),
                 context_tokens=self._context.kept_tokens if self._context else 0,
-                info={"stopped": woven.stopped, "prefix_tokens": p, "prompt_latents": woven.prompt_block,
-                      "inference_insertions": woven.insertions,
-                      **({"max_new_tokens_capped_to": room} if capped else {})}))
+                info={"stopped": w.stopped, "prefix_tokens": p, "prompt_latents": w.prompt_block,
+                      "inference_insertions": w.insertions,
+                      **({"max_new_tokens_capped_to": capped} if capped is not None else {})}))
         return out
 
     def close(self) -> None:

@@ -186,3 +186,128 @@ def teacher_forced_logits(mg: MemGen, ids: Sequence[int], points: Sequence[tuple
     slot = {tok: pos for pos, tok in enumerate(origin) if tok >= 0}
     rows = [slot[i + 1] - 1 for i in range(len(ids) - 1)]
     return logits[torch.tensor(rows, device=logits.device)]
+
+
+
+class _Rows:
+    """A batch of sequences on shared KV caches whose columns line up: a row that does not insert latents when
+    another does gets masked columns there (holes), so each row attends to exactly its own sequence, at its own
+    positions. The weaver lags behind the reasoner as :class:`Stream`'s does."""
+
+    def __init__(self, mg: MemGen, r_cache, w_cache, mask: torch.Tensor):
+        self.mg, self.r_cache, self.w_cache = mg, r_cache, w_cache
+        self.mask = mask  # [B, columns]: 1 where the column is part of the row's sequence
+        self.lengths = mask.sum(-1)  # positions used per row
+        self.woven = mask.shape[1]  # columns the weaver has read
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (reasoner input, positions) not yet woven
+
+    def feed(self, embeds: torch.Tensor, real: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Append columns ``embeds`` [B, n, H]; ``real`` [B] or [B, n] says for which rows (and columns) they are
+        part of the sequence. Returns the last column's logits [B, V]."""
+        n = embeds.shape[1]
+        real = (real[:, None].expand(-1, n) if real.dim() == 1 else real).to(self.mask.dtype)
+        if positions is None:
+            positions = self.lengths[:, None] + torch.arange(n, device=embeds.device)
+        self.mask = torch.cat([self.mask, real], dim=1)
+        self.lengths = self.lengths + real.sum(-1)
+        self.pending.append((embeds, positions))
+        with self.mg.reasoner():
+            out = self.mg.model(inputs_embeds=embeds, attention_mask=self.mask, position_ids=positions,
+                                past_key_values=self.r_cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1]
+
+    def latents(self, kind: str) -> torch.Tensor:
+        """Latent embeddings [B, n, H] for every row, woven from each row's own sequence."""
+        mods, decoder = self.mg.modules, self.mg.model.get_decoder()
+        if self.pending:
+            embeds = torch.cat([e for e, _ in self.pending], dim=1)
+            positions = torch.cat([q for _, q in self.pending], dim=1)
+            self.woven += embeds.shape[1]
+            decoder(inputs_embeds=mods.to_weaver(embeds), attention_mask=self.mask[:, :self.woven],
+                    position_ids=positions, past_key_values=self.w_cache, use_cache=True)
+            self.pending = []
+        b = self.mask.shape[0]
+        queries = mods.queries(kind).unsqueeze(0).to(mods.to_weaver.weight.dtype).expand(b, -1, -1)
+        n = queries.shape[1]
+        hidden = decoder(inputs_embeds=queries, attention_mask=torch.cat([self.mask, self.mask.new_ones((b, n))], 1),
+                         position_ids=self.lengths[:, None] + torch.arange(n, device=queries.device),
+                         past_key_values=self.w_cache, use_cache=True).last_hidden_state
+        self.w_cache.crop(-n)  # read once, never attended to again
+        return mods.to_reasoner(hidden)
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.r_cache.batch_select_indices(keep)
+        self.w_cache.batch_select_indices(keep)
+        self.mask, self.lengths = self.mask[keep], self.lengths[keep]
+        self.pending = [(e[keep], q[keep]) for e, q in self.pending]
+
+
+@torch.inference_mode()
+def generate_woven_batch(mg: MemGen, tokenizer, suffixes: Sequence[Sequence[int]], settings: GenerationSettings, *,
+                         stop_ids: set[int], pad_id: int, prefix: PrefixCache | None = None,
+                         weaver_prefix: PrefixCache | None = None, seeds: Sequence[int] | None = None) -> list[Woven]:
+    """:func:`generate_one` for several prompts at once on a shared prefix (the same tokens within fp32 noise):
+    each row inserts latents at its own delimiters; rows that do not insert at a step get masked columns there.
+    Backbones with sliding-window layers decode one prompt at a time (a hole would take a window slot)."""
+    from harness.generation import _has_sliding_window
+
+    seeds = list(seeds) if seeds is not None else [0] * len(suffixes)
+    if len(suffixes) == 1 or _has_sliding_window(mg.model):
+        return [generate_one(mg, tokenizer, s, settings, stop_ids=stop_ids, prefix=prefix,
+                             weaver_prefix=weaver_prefix, seed=sd) for s, sd in zip(suffixes, seeds)]
+    if any(len(s) == 0 for s in suffixes):
+        raise ValueError("every prompt needs at least one token after the shared prefix")
+    p = prefix.length if prefix else 0
+    if (weaver_prefix.length if weaver_prefix else 0) != p:
+        raise ValueError("the weaver's prefix must cover the reasoner's")
+    cfg = mg.config
+    dev = mg.modules.to_weaver.weight.device
+    b, width = len(suffixes), max(len(s) for s in suffixes)
+    ids = torch.full((b, width), pad_id, dtype=torch.long, device=dev)
+    real = torch.zeros((b, width), dtype=torch.long, device=dev)
+    for i, s in enumerate(suffixes):  # left-padded between the prefix and the suffix, as generate_batch does
+        ids[i, width - len(s):] = torch.tensor(list(s), device=dev)
+        real[i, width - len(s):] = 1
+    room = width + cfg.prompt_latents + settings.max_new_tokens + cfg.max_inference_aug_num * cfg.inference_latents
+    rows = _Rows(mg, reserve(prefix.cache if prefix else _new_cache(mg.model), b, room),
+                 reserve(weaver_prefix.cache if weaver_prefix else _new_cache(mg.model), b, room),
+                 torch.ones((b, p), dtype=torch.long, device=dev))
+    logits = rows.feed(mg.embed(ids), real, positions=p + (real.cumsum(-1) - 1).clamp(min=0))
+    if prefix is None:  # caches that append in place from here on, as the bare decoder's do
+        rows.r_cache = reserve(rows.r_cache, b, room)
+    everyone = torch.ones(b, dtype=torch.bool, device=dev)
+    prompt_block = cfg.max_prompt_aug_num > 0
+    if prompt_block:
+        logits = rows.feed(rows.latents("prompt"), everyone)
+        if weaver_prefix is None:
+            rows.w_cache = reserve(rows.w_cache, b, room)
+    generators = [torch.Generator().manual_seed(int(sd)) for sd in seeds] if settings.do_sample else None
+    head = list((prefix.ids if prefix else ())[-_TAIL_TOKENS:])
+    tails = [(head + list(s))[-_TAIL_TOKENS:] for s in suffixes]
+    out: list[list[int]] = [[] for _ in range(b)]
+    stopped, inserted = [False] * b, [0] * b
+    order = list(range(b))  # original index of each row still in the batch
+    live = everyone.clone()
+    for step in range(settings.max_new_tokens):
+        toks = _next_tokens(logits, settings, [generators[i] for i in order] if generators else None)
+        for j, row in enumerate(order):
+            if live[j] and int(toks[j]) in stop_ids:
+                stopped[row], live[j] = True, False
+            elif live[j]:
+                out[row].append(int(toks[j]))
+                tails[row] = (tails[row] + [int(toks[j])])[-_TAIL_TOKENS:]
+        if step == settings.max_new_tokens - 1 or not live.any():
+            break
+        if 4 * int((~live).sum()) >= len(order):  # compacting copies the caches: wait for a quarter to finish
+            keep = live.nonzero().flatten()
+            rows.select(keep)
+            order, toks, live = [order[int(j)] for j in keep], toks[keep], live[keep]
+        insert = torch.tensor([bool(live[j]) and inserted[row] < cfg.max_inference_aug_num and
+                               ends_with_delimiter(tokenizer.decode(tails[row]), cfg.delimiters)
+                               for j, row in enumerate(order)], device=dev)
+        for j in insert.nonzero().flatten().tolist():
+            inserted[order[j]] += 1
+        logits = rows.feed(mg.embed(torch.where(live, toks, torch.full_like(toks, pad_id))[:, None]), live)
+        if insert.any():
+            logits = torch.where(insert[:, None], rows.feed(rows.latents("inference"), insert), logits)
+    return [Woven(o, s, n, prompt_block) for o, s, n in zip(out, stopped, inserted)]

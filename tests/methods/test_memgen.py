@@ -15,7 +15,8 @@ from harness.generation import generate_batch, prefill_prefix
 from harness.training.trainer import run_training
 from harness.types import GenerationSettings
 from methods.memgen.model import MemGen, MemGenConfig, target_insertion_points
-from methods.memgen.weave import Stream, _new_cache, generate_one, teacher_forced_logits, weave_prefix
+from methods.memgen.weave import (Stream, _new_cache, generate_one, generate_woven_batch, teacher_forced_logits,
+                                  weave_prefix)
 from tests.conftest import make_backbone
 from tests.methods.test_context2lora import CONF, qwen3_4b_meta, train_cfg
 
@@ -84,6 +85,63 @@ def test_a_shared_prefix_changes_nothing():
                          weaver_prefix=weave_prefix(mg, pre, ids[:9]))
     official = generate_one(mg, bb.tokenizer, ids, s, stop_ids=bb.stop_ids, reprefill=True)
     assert whole.ids == split.ids == official.ids and whole.insertions >= 1
+
+
+@pytest.mark.parametrize("sample", [False, True])
+@pytest.mark.parametrize("shared", [0, 7])
+def test_a_batch_decodes_each_prompt_as_alone(sample, shared):
+    """Prompts of unequal length decoded together: the same tokens, stops and insertions as one at a time, with
+    rows inserting at different steps, rows stopping early (the batch compacts) and others running to the end."""
+    bb = make_backbone()
+    mg = fitted(bb, delimiters=tuple("aeioutnrsl "), max_inference_aug_num=3)
+    ids = bb.encode(TEXT)
+    prompts = [ids[9:], ids[9:20], ids[12:15] + ids[30:40], ids[9:11], ids[20:24]]
+    s = GenerationSettings(max_new_tokens=20, do_sample=sample, temperature=1.0)
+    stop = set(range(100, 108)) | {131}
+    pre = wpre = None
+    if shared:
+        with mg.reasoner():
+            pre = prefill_prefix(bb.model, ids[:shared])
+        wpre = weave_prefix(mg, pre, ids[:shared])
+    alone = [generate_one(mg, bb.tokenizer, q, s, stop_ids=stop, prefix=pre, weaver_prefix=wpre, seed=i)
+             for i, q in enumerate(prompts)]
+    batch = generate_woven_batch(mg, bb.tokenizer, prompts, s, stop_ids=stop, pad_id=bb.pad_id, prefix=pre,
+                                 weaver_prefix=wpre, seeds=range(len(prompts)))
+    assert [(w.ids, w.stopped, w.insertions) for w in batch] == [(w.ids, w.stopped, w.insertions) for w in alone]
+    assert sum(w.stopped for w in alone) >= 2 and not all(w.stopped for w in alone)
+    assert len({w.insertions for w in alone}) > 1
+
+
+def test_batched_latents_and_logits_equal_each_row_alone():
+    """The batch's woven latents and next-token logits per row, through left padding and a block that only one
+    row inserts (holes in the other), equal a single stream's over the same row within fp32 noise."""
+    from methods.memgen.weave import _Rows
+
+    bb = make_backbone()
+    mg = fitted(bb)
+    ids = bb.encode(TEXT)
+    prompts, follow = [ids[:12], ids[3:8]], [ids[20], ids[25]]
+    ins = torch.tensor([True, False])
+    with torch.no_grad():
+        real = torch.tensor([[1] * 12, [0] * 7 + [1] * 5])
+        padded = torch.tensor([prompts[0], [0] * 7 + prompts[1]])
+        rows = _Rows(mg, _new_cache(mg.model), _new_cache(mg.model), torch.ones((2, 0), dtype=torch.long))
+        got = [rows.feed(mg.embed(padded), real, positions=(real.cumsum(-1) - 1).clamp(min=0))]
+        got.append(rows.feed(rows.latents("prompt"), torch.ones(2, dtype=torch.bool)))
+        got.append(rows.feed(mg.embed(torch.tensor([follow]).T), torch.ones(2, dtype=torch.bool)))
+        got.append(rows.feed(rows.latents("inference"), ins))  # row 1: a hole
+        got.append(rows.feed(mg.embed(torch.tensor([follow]).T), torch.ones(2, dtype=torch.bool)))
+        last = rows.latents("inference")
+        for r in range(2):
+            one = Stream(mg, _new_cache(mg.model), _new_cache(mg.model), 0)
+            want = [one.feed(mg.embed(torch.tensor([prompts[r]])))]
+            want.append(one.feed(one.latents("prompt")))
+            want.append(one.feed(mg.embed(torch.tensor([[follow[r]]]))))
+            want.append(one.feed(one.latents("inference")) if ins[r] else None)  # a hole's logits are unused
+            want.append(one.feed(mg.embed(torch.tensor([[follow[r]]]))))
+            for g, w in zip(got, want):
+                assert w is None or (g[r] - w[0]).abs().max() < 1e-4
+            assert (last[r] - one.latents("inference")[0]).abs().max() < 1e-4
 
 
 def test_the_training_path_equals_the_decoding_path():
@@ -234,3 +292,17 @@ def test_a_run_records_insertions(tmp_path):
     header = json.loads((out.path / "header.json").read_text())
     assert header["method_info"]["label"].startswith("trigger off")
     assert type(bb.model).__name__ == "LlamaForCausalLM" and not any("lora" in n for n, _ in bb.model.named_modules())
+
+
+def test_the_batch_benchmark_runs_and_both_paths_agree(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from benchmarks import memgen_batch
+
+    out = tmp_path / "b.json"
+    monkeypatch.setattr(sys, "argv", ["memgen_batch", "--tiny", "--prefix-tokens", "40", "--questions", "3",
+                                      "--new-tokens", "6", "--rounds", "1", "--threads", "1", "--out", str(out)])
+    memgen_batch.main()
+    got = json.loads(out.read_text())
+    assert got["same_tokens_every_round"] is True and got["questions"] == 3
