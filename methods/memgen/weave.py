@@ -10,6 +10,8 @@ benchmark.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -242,6 +244,26 @@ class _Rows:
         self.pending = [(e[keep], q[keep]) for e, q in self.pending]
 
 
+_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
+@contextlib.contextmanager
+def _grouped_kv_under_masks(device: torch.device):
+    """On CPU, let sdpa attend to grouped KV heads under a padding mask. transformers does so only without a
+    mask; with one (a batch with holes) every multi-token call copies all cached keys and values once per
+    query group, per layer, which dominated batched insertions after a long context. torch's CPU kernel takes
+    the mask with ``enable_gqa`` and gives the same outputs; CUDA would fall back to its math kernel, so it is
+    left alone there."""
+    if device.type != "cpu" or os.environ.get(_FORCE_GQA) is not None:
+        yield
+        return
+    os.environ[_FORCE_GQA] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(_FORCE_GQA, None)
+
+
 @torch.inference_mode()
 def generate_woven_batch(mg: MemGen, tokenizer, suffixes: Sequence[Sequence[int]], settings: GenerationSettings, *,
                          stop_ids: set[int], pad_id: int, prefix: PrefixCache | None = None,
@@ -255,6 +277,13 @@ def generate_woven_batch(mg: MemGen, tokenizer, suffixes: Sequence[Sequence[int]
     if len(suffixes) == 1 or _has_sliding_window(mg.model):
         return [generate_one(mg, tokenizer, s, settings, stop_ids=stop_ids, prefix=prefix,
                              weaver_prefix=weaver_prefix, seed=sd) for s, sd in zip(suffixes, seeds)]
+    with _grouped_kv_under_masks(mg.modules.to_weaver.weight.device):
+        return _decode_rows(mg, tokenizer, suffixes, settings, stop_ids=stop_ids, pad_id=pad_id, prefix=prefix,
+                            weaver_prefix=weaver_prefix, seeds=seeds)
+
+
+def _decode_rows(mg: MemGen, tokenizer, suffixes, settings: GenerationSettings, *, stop_ids: set[int], pad_id: int,
+                 prefix: PrefixCache | None, weaver_prefix: PrefixCache | None, seeds: list[int]) -> list[Woven]:
     if any(len(s) == 0 for s in suffixes):
         raise ValueError("every prompt needs at least one token after the shared prefix")
     p = prefix.length if prefix else 0

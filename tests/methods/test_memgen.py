@@ -50,6 +50,20 @@ def test_caps_at_zero_are_the_bare_backbone_exactly():
     mg.detach()
 
 
+def test_the_reasoner_switch_is_the_bare_backbone_and_the_weaver_comes_back():
+    bb = make_backbone()
+    x = torch.tensor([bb.encode(TEXT)])
+    with torch.no_grad():
+        bare = bb.model(input_ids=x).logits
+        mg = fitted(bb)
+        weaver = mg.model(input_ids=x).logits
+        with mg.reasoner():
+            inside = mg.model(input_ids=x).logits
+        after = mg.model(input_ids=x).logits
+    assert torch.equal(inside, bare) and torch.equal(after, weaver) and not torch.allclose(weaver, bare)
+    mg.detach()
+
+
 def test_appending_to_the_caches_equals_the_official_re_prefill():
     """Insertions at fixed points of a fixed continuation: every next-token distribution of the cached path equals
     the one of the re-prefill path (fresh reasoner prefill, weaver over everything) within fp32 noise."""
