@@ -94,3 +94,27 @@ def reserve(cache: DynamicCache, batch_size: int, extra_tokens: int) -> DynamicC
             layers.append(twin)
     out.layers = layers
     return out
+
+
+def rows_copy(cache: DynamicCache, rows: torch.Tensor, extra_tokens: int) -> DynamicCache:
+    """A cache of only ``rows`` of ``cache`` (a copy, every layer a :class:`ReservedLayer`), with room for
+    ``extra_tokens`` more: a forward pass for a few rows of a batch without computing the others."""
+    if not all(type(layer) is ReservedLayer for layer in cache.layers):
+        raise TypeError("rows_copy needs a cache made by reserve() (every layer a ReservedLayer)")
+    out = copy.copy(cache)
+    out.layers = [ReservedLayer(layer.keys[rows], layer.values[rows], len(rows), layer.get_seq_length() + extra_tokens)
+                  for layer in cache.layers]
+    return out
+
+
+def append_rows(cache: DynamicCache, part: DynamicCache, rows: torch.Tensor) -> None:
+    """Append to every row of ``cache`` the columns ``part`` (a :func:`rows_copy` of ``rows``, extended since)
+    holds beyond ``cache``'s length: ``part``'s keys and values in ``rows``, zeros in the other rows (whose
+    attention mask must hide those columns; zeros keep masked products finite)."""
+    for full, sub in zip(cache.layers, part.layers):
+        n = full.get_seq_length()
+        new_k, new_v = sub.keys[:, :, n:], sub.values[:, :, n:]
+        k = new_k.new_zeros((full.keys.shape[0],) + new_k.shape[1:])
+        v = new_v.new_zeros((full.values.shape[0],) + new_v.shape[1:])
+        k[rows], v[rows] = new_k, new_v
+        full.update(k, v)

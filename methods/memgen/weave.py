@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from harness.generation import PrefixCache, _next_tokens
-from harness.kv_cache import reserve
+from harness.kv_cache import ReservedLayer, append_rows, reserve, rows_copy
 from harness.types import GenerationSettings
 from methods.memgen.model import MemGen, ends_with_delimiter
 
@@ -196,8 +196,8 @@ class _Rows:
     another does gets masked columns there (holes), so each row attends to exactly its own sequence, at its own
     positions. The weaver lags behind the reasoner as :class:`Stream`'s does."""
 
-    def __init__(self, mg: MemGen, r_cache, w_cache, mask: torch.Tensor):
-        self.mg, self.r_cache, self.w_cache = mg, r_cache, w_cache
+    def __init__(self, mg: MemGen, r_cache, w_cache, mask: torch.Tensor, room: int):
+        self.mg, self.r_cache, self.w_cache, self.room = mg, r_cache, w_cache, room
         self.mask = mask  # [B, columns]: 1 where the column is part of the row's sequence
         self.lengths = mask.sum(-1)  # positions used per row
         self.woven = mask.shape[1]  # columns the weaver has read
@@ -218,24 +218,52 @@ class _Rows:
                                 past_key_values=self.r_cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1]
 
-    def latents(self, kind: str) -> torch.Tensor:
-        """Latent embeddings [B, n, H] for every row, woven from each row's own sequence."""
+    def insert(self, kind: str, rows: torch.Tensor) -> torch.Tensor:
+        """Weave a latent block for ``rows`` (indices) and append it to them, holes in the other rows; the
+        logits after it [len(rows), V]. Only those rows are computed: the others' caches are not read (they get
+        zero, masked columns), which matters when a few of many rows reach a delimiter at a step."""
         mods, decoder = self.mg.modules, self.mg.model.get_decoder()
-        if self.pending:
+        if self.pending:  # the weaver reads every row's new columns (it must some time), holes included
             embeds = torch.cat([e for e, _ in self.pending], dim=1)
             positions = torch.cat([q for _, q in self.pending], dim=1)
             self.woven += embeds.shape[1]
             decoder(inputs_embeds=mods.to_weaver(embeds), attention_mask=self.mask[:, :self.woven],
                     position_ids=positions, past_key_values=self.w_cache, use_cache=True)
             self.pending = []
-        b = self.mask.shape[0]
-        queries = mods.queries(kind).unsqueeze(0).to(mods.to_weaver.weight.dtype).expand(b, -1, -1)
+        b, k = self.mask.shape[0], len(rows)
+        if k < b:  # copies of some rows need caches that append in place (the weaver's has tokens by now)
+            self.w_cache, self.r_cache = self._in_place(self.w_cache), self._in_place(self.r_cache)
+        queries = mods.queries(kind).unsqueeze(0).to(mods.to_weaver.weight.dtype).expand(k, -1, -1)
         n = queries.shape[1]
-        hidden = decoder(inputs_embeds=queries, attention_mask=torch.cat([self.mask, self.mask.new_ones((b, n))], 1),
-                         position_ids=self.lengths[:, None] + torch.arange(n, device=queries.device),
-                         past_key_values=self.w_cache, use_cache=True).last_hidden_state
-        self.w_cache.crop(-n)  # read once, never attended to again
-        return mods.to_reasoner(hidden)
+        mask = torch.cat([self.mask[rows], self.mask.new_ones((k, n))], 1)
+        positions = self.lengths[rows, None] + torch.arange(n, device=queries.device)
+        everyone = k == b
+        # all rows: on the caches themselves (the queries cropped off the weaver's again); some: on copies
+        w_cache = self.w_cache if everyone else rows_copy(self.w_cache, rows, n)
+        hidden = decoder(inputs_embeds=queries, attention_mask=mask, position_ids=positions,
+                         past_key_values=w_cache, use_cache=True).last_hidden_state
+        if everyone:
+            self.w_cache.crop(-n)  # read once, never attended to again
+        latents = mods.to_reasoner(hidden)
+        r_cache = self.r_cache if everyone else rows_copy(self.r_cache, rows, n)
+        with self.mg.reasoner():
+            logits = self.mg.model(inputs_embeds=latents, attention_mask=mask, position_ids=positions,
+                                   past_key_values=r_cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        if not everyone:
+            append_rows(self.r_cache, r_cache, rows)
+        real = torch.zeros(b, dtype=torch.bool, device=latents.device)
+        real[rows] = True
+        full = latents.new_zeros((b,) + latents.shape[1:])
+        full[rows] = latents
+        self.mask = torch.cat([self.mask, real[:, None].to(self.mask.dtype).expand(-1, n)], dim=1)
+        self.pending.append((full, self.lengths[:, None] + torch.arange(n, device=latents.device)))
+        self.lengths = self.lengths + n * real.long()
+        return logits
+
+    def _in_place(self, cache):
+        if all(type(layer) is ReservedLayer for layer in cache.layers):
+            return cache
+        return reserve(cache, self.mask.shape[0], self.room)
 
     def select(self, keep: torch.Tensor) -> None:
         self.r_cache.batch_select_indices(keep)
@@ -300,14 +328,13 @@ def _decode_rows(mg: MemGen, tokenizer, suffixes, settings: GenerationSettings, 
     room = width + cfg.prompt_latents + settings.max_new_tokens + cfg.max_inference_aug_num * cfg.inference_latents
     rows = _Rows(mg, reserve(prefix.cache if prefix else _new_cache(mg.model), b, room),
                  reserve(weaver_prefix.cache if weaver_prefix else _new_cache(mg.model), b, room),
-                 torch.ones((b, p), dtype=torch.long, device=dev))
+                 torch.ones((b, p), dtype=torch.long, device=dev), room)
     logits = rows.feed(mg.embed(ids), real, positions=p + (real.cumsum(-1) - 1).clamp(min=0))
     if prefix is None:  # caches that append in place from here on, as the bare decoder's do
         rows.r_cache = reserve(rows.r_cache, b, room)
-    everyone = torch.ones(b, dtype=torch.bool, device=dev)
     prompt_block = cfg.max_prompt_aug_num > 0
     if prompt_block:
-        logits = rows.feed(rows.latents("prompt"), everyone)
+        logits = rows.insert("prompt", torch.arange(b, device=dev))
         if weaver_prefix is None:
             rows.w_cache = reserve(rows.w_cache, b, room)
     generators = [torch.Generator().manual_seed(int(sd)) for sd in seeds] if settings.do_sample else None
@@ -316,7 +343,7 @@ def _decode_rows(mg: MemGen, tokenizer, suffixes, settings: GenerationSettings, 
     out: list[list[int]] = [[] for _ in range(b)]
     stopped, inserted = [False] * b, [0] * b
     order = list(range(b))  # original index of each row still in the batch
-    live = everyone.clone()
+    live = torch.ones(b, dtype=torch.bool, device=dev)
     for step in range(settings.max_new_tokens):
         toks = _next_tokens(logits, settings, [generators[i] for i in order] if generators else None)
         for j, row in enumerate(order):
@@ -338,5 +365,6 @@ def _decode_rows(mg: MemGen, tokenizer, suffixes, settings: GenerationSettings, 
             inserted[order[j]] += 1
         logits = rows.feed(mg.embed(torch.where(live, toks, torch.full_like(toks, pad_id))[:, None]), live)
         if insert.any():
-            logits = torch.where(insert[:, None], rows.feed(rows.latents("inference"), insert), logits)
+            which = insert.nonzero().flatten()
+            logits[which] = rows.insert("inference", which)
     return [Woven(o, s, n, prompt_block) for o, s, n in zip(out, stopped, inserted)]
