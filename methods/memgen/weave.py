@@ -4,9 +4,9 @@ A sequence's reasoner input is its token embeddings with latent blocks spliced i
 reasoner's KV cache over that input and the weaver's KV cache over its projection (``to_weaver``), which lags
 behind and catches up only when latents are read. Reading latents appends the query block to the weaver's cache,
 takes the hidden states there and crops the block off again, so the next read sees the sequence alone, as a
-fresh pass over it would. ``reprefill=True`` does what the official code does instead (a fresh reasoner prefill
-after every insertion, the weaver over the whole sequence each time): the reference for tests and for the speed
-benchmark.
+fresh pass over it would. ``reprefill=True`` does what the official code does instead (the reasoner's cache
+discarded and everything prefilled again after every insertion, cached decoding in between; the weaver over the
+whole sequence at each insertion): the reference for tests and for the speed benchmark.
 """
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ class Stream:
     pending: list[torch.Tensor] = field(default_factory=list)  # reasoner input [1, n, H] the weaver lags behind
     reprefill: bool = False
     history: list[torch.Tensor] = field(default_factory=list)  # reprefill only: the whole reasoner input
+    stale: bool = True  # reprefill only: the next feed prefills everything into a fresh cache
 
     def feed(self, embeds: torch.Tensor) -> torch.Tensor:
         """Append reasoner input; the next-token logits after it."""
@@ -71,7 +72,9 @@ class Stream:
         start, self.length = self.length, self.length + embeds.shape[1]
         if self.reprefill:
             self.history.append(embeds)
-            return reasoner_logits(self.mg, torch.cat(self.history, dim=1), 0, None)[:, -1]
+            if self.stale:  # the prompt, or latents just woven: the official code's fresh prefill of everything
+                self.reasoner_cache, self.stale = _new_cache(self.mg.model), False
+                return reasoner_logits(self.mg, torch.cat(self.history, dim=1), 0, self.reasoner_cache)[:, -1]
         return reasoner_logits(self.mg, embeds, start, self.reasoner_cache)[:, -1]
 
     def latents(self, kind: str) -> torch.Tensor:
@@ -81,6 +84,7 @@ class Stream:
         if self.reprefill:
             seq = torch.cat([mods.to_weaver(torch.cat(self.history, dim=1)), queries], dim=1)
             hidden = weaver_hidden(self.mg, seq, 0, _new_cache(self.mg.model))
+            self.stale = True
         else:
             if self.pending:
                 caught = self.weaver_cache.get_seq_length()
