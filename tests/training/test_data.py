@@ -110,6 +110,25 @@ def test_template_injected_system_prompt_is_never_written():
                                                             return_dict=True)["input_ids"])
 
 
+def test_the_content_start_is_the_generation_prompt_or_a_clear_error():
+    from harness.training.episodes import TemplateNotPrefixStable
+    from tests.conftest import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tok.chat_template = SMOL_TEMPLATE
+    renderer = ChatRenderer(tok)
+    messages = (msg("user", "Dog?"), msg("assistant", "Rex."))
+    ids, _ = renderer.encode(messages)
+    start = renderer.content_start(messages, ids)
+    assert tok.decode(ids[start:]) == "Rex.<|im_end|>\n"
+    assert ids[:start] == list(tok.apply_chat_template([dict(messages[0])], tokenize=True, add_generation_prompt=True,
+                                                       return_dict=True)["input_ids"])
+    # a generation prompt the finished turn does not begin with (e.g. an empty thinking block) is refused
+    tok.chat_template = SMOL_TEMPLATE.replace("'<|im_start|>assistant\n' }}", "'<|im_start|>assistant\n<think></think>' }}")
+    with pytest.raises(TemplateNotPrefixStable, match="generation header"):
+        ChatRenderer(tok).content_start(messages, ChatRenderer(tok).encode(messages)[0])
+
+
 def test_left_truncation_keeps_the_end_and_its_ids(tiny_backbone):
     ep, _ = make_episode(DIALOGUE)
     renderer = ChatRenderer.for_backbone(tiny_backbone)
