@@ -96,25 +96,40 @@ def reserve(cache: DynamicCache, batch_size: int, extra_tokens: int) -> DynamicC
     return out
 
 
-def rows_copy(cache: DynamicCache, rows: torch.Tensor, extra_tokens: int) -> DynamicCache:
-    """A cache of only ``rows`` of ``cache`` (a copy, every layer a :class:`ReservedLayer`), with room for
-    ``extra_tokens`` more: a forward pass for a few rows of a batch without computing the others."""
+def rows_copy(cache: DynamicCache, rows: torch.Tensor, extra_tokens: int, upto: int | None = None) -> DynamicCache:
+    """A cache of only ``rows`` of ``cache`` and its first ``upto`` columns (default: all), every layer a
+    :class:`ReservedLayer` with room for ``extra_tokens`` more: a forward pass for a few rows of a batch without
+    computing the others. Copied row by row, so the only new memory is the copy itself."""
     if not all(type(layer) is ReservedLayer for layer in cache.layers):
         raise TypeError("rows_copy needs a cache made by reserve() (every layer a ReservedLayer)")
     out = copy.copy(cache)
-    out.layers = [ReservedLayer(layer.keys[rows], layer.values[rows], len(rows), layer.get_seq_length() + extra_tokens)
-                  for layer in cache.layers]
+    layers = []
+    for layer in cache.layers:
+        n = layer.get_seq_length() if upto is None else upto
+        part = ReservedLayer(layer.keys[:1, :, :0], layer.values[:1, :, :0], len(rows), n + extra_tokens)
+        for i, r in enumerate(rows.tolist()):
+            part._k[i, :, :n] = layer.keys[r, :, :n]
+            part._v[i, :, :n] = layer.values[r, :, :n]
+        part._n = n
+        part._refresh()
+        layers.append(part)
+    out.layers = layers
     return out
 
 
-def append_rows(cache: DynamicCache, part: DynamicCache, rows: torch.Tensor) -> None:
-    """Append to every row of ``cache`` the columns ``part`` (a :func:`rows_copy` of ``rows``, extended since)
-    holds beyond ``cache``'s length: ``part``'s keys and values in ``rows``, zeros in the other rows (whose
-    attention mask must hide those columns; zeros keep masked products finite)."""
+def extend(cache: DynamicCache, tokens: int) -> None:
+    """Append ``tokens`` zero columns to every row (to be filled for some rows by :func:`write_rows`; the other
+    rows' attention mask must hide them: zeros keep the masked products finite)."""
+    for layer in cache.layers:
+        k, v = layer.keys, layer.values
+        layer.update(k.new_zeros(k.shape[:2] + (tokens,) + k.shape[3:]),
+                     v.new_zeros(v.shape[:2] + (tokens,) + v.shape[3:]))
+
+
+def write_rows(cache: DynamicCache, part: DynamicCache, rows: torch.Tensor, start: int) -> None:
+    """Copy the columns ``part`` (a :func:`rows_copy` of ``rows``, extended since) holds from ``start`` on into
+    those rows of ``cache``, which already has the columns (:func:`extend`)."""
     for full, sub in zip(cache.layers, part.layers):
-        n = full.get_seq_length()
-        new_k, new_v = sub.keys[:, :, n:], sub.values[:, :, n:]
-        k = new_k.new_zeros((full.keys.shape[0],) + new_k.shape[1:])
-        v = new_v.new_zeros((full.values.shape[0],) + new_v.shape[1:])
-        k[rows], v[rows] = new_k, new_v
-        full.update(k, v)
+        end = sub.get_seq_length()
+        full.keys[rows, :, start:end] = sub.keys[:, :, start:end]
+        full.values[rows, :, start:end] = sub.values[:, :, start:end]

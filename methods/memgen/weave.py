@@ -18,12 +18,15 @@ from typing import Sequence
 import torch
 
 from harness.generation import PrefixCache, _next_tokens
-from harness.kv_cache import ReservedLayer, append_rows, reserve, rows_copy
+from harness.kv_cache import ReservedLayer, extend, reserve, rows_copy, write_rows
 from harness.types import GenerationSettings
 from methods.memgen.model import MemGen, ends_with_delimiter
 
 # the text a delimiter check decodes: enough tokens for any delimiter to be whole at the end
 _TAIL_TOKENS = 8
+# rows computed together on copies of their caches when a few rows of a batch insert latents (memory: this many
+# copies of a row's reasoner and weaver caches, ~0.75 GB each at 8k tokens on SmolLM2-135M in fp32)
+ROWS_PER_COPY = 2
 
 
 def _new_cache(model):
@@ -95,8 +98,11 @@ class Stream:
         return mods.to_reasoner(hidden[:, -queries.shape[1]:])
 
 
+@torch.inference_mode()
 def weave_prefix(mg: MemGen, prefix: PrefixCache | None, ids: Sequence[int]) -> PrefixCache:
-    """The weaver's cache over a prompt prefix the reasoner has prefilled (``prefix``), once per episode."""
+    """The weaver's cache over a prompt prefix the reasoner has prefilled (``prefix``), once per episode. (Without
+    inference mode the weaver's trainable LoRA would record a graph over the whole prefix and keep it alive with
+    the cache: 14 GB for an 8k-token LoCoMo context.)"""
     cache = _new_cache(mg.model)
     if ids:
         dev = mg.modules.to_weaver.weight.device
@@ -224,8 +230,9 @@ class _Rows:
 
     def insert(self, kind: str, rows: torch.Tensor) -> torch.Tensor:
         """Weave a latent block for ``rows`` (indices) and append it to them, holes in the other rows; the
-        logits after it [len(rows), V]. Only those rows are computed: the others' caches are not read (they get
-        zero, masked columns), which matters when a few of many rows reach a delimiter at a step."""
+        logits after it [len(rows), V]. When most rows insert, every row is computed on the caches themselves
+        (the others' results masked); when few do, only they are, on copies of their caches, at most
+        ``ROWS_PER_COPY`` at a time so that a long context's copies stay small."""
         mods, decoder = self.mg.modules, self.mg.model.get_decoder()
         if self.pending:  # the weaver reads every row's new columns (it must some time), holes included
             embeds = torch.cat([e for e, _ in self.pending], dim=1)
@@ -235,34 +242,39 @@ class _Rows:
                     position_ids=positions, past_key_values=self.w_cache, use_cache=True)
             self.pending = []
         b, k = self.mask.shape[0], len(rows)
-        if k < b:  # copies of some rows need caches that append in place (the weaver's has tokens by now)
-            self.w_cache, self.r_cache = self._in_place(self.w_cache), self._in_place(self.r_cache)
-        queries = mods.queries(kind).unsqueeze(0).to(mods.to_weaver.weight.dtype).expand(k, -1, -1)
+        queries = mods.queries(kind).unsqueeze(0).to(mods.to_weaver.weight.dtype)
         n = queries.shape[1]
-        mask = torch.cat([self.mask[rows], self.mask.new_ones((k, n))], 1)
-        positions = self.lengths[rows, None] + torch.arange(n, device=queries.device)
-        everyone = k == b
-        # all rows: on the caches themselves (the queries cropped off the weaver's again); some: on copies
-        w_cache = self.w_cache if everyone else rows_copy(self.w_cache, rows, n)
-        hidden = decoder(inputs_embeds=queries, attention_mask=mask, position_ids=positions,
-                         past_key_values=w_cache, use_cache=True).last_hidden_state
-        if everyone:
-            self.w_cache.crop(-n)  # read once, never attended to again
-        latents = mods.to_reasoner(hidden)
-        r_cache = self.r_cache if everyone else rows_copy(self.r_cache, rows, n)
-        with self.mg.reasoner():
-            logits = self.mg.model(inputs_embeds=latents, attention_mask=mask, position_ids=positions,
-                                   past_key_values=r_cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        if not everyone:
-            append_rows(self.r_cache, r_cache, rows)
-        real = torch.zeros(b, dtype=torch.bool, device=latents.device)
+        real = torch.zeros(b, dtype=torch.bool, device=queries.device)
         real[rows] = True
-        full = latents.new_zeros((b,) + latents.shape[1:])
-        full[rows] = latents
+        if 2 * k > b:
+            hidden = decoder(inputs_embeds=queries.expand(b, -1, -1),
+                             attention_mask=torch.cat([self.mask, self.mask.new_ones((b, n))], 1),
+                             position_ids=self.lengths[:, None] + torch.arange(n, device=queries.device),
+                             past_key_values=self.w_cache, use_cache=True).last_hidden_state
+            self.w_cache.crop(-n)  # read once, never attended to again
+            return self.feed(mods.to_reasoner(hidden), real)[rows]
+        self.w_cache, self.r_cache = self._in_place(self.w_cache), self._in_place(self.r_cache)
+        start = self.mask.shape[1]
+        extend(self.r_cache, n)
+        latents = queries.new_zeros((b, n, queries.shape[-1]))
+        logits = []
+        for chunk in rows.split(ROWS_PER_COPY):
+            mask = torch.cat([self.mask[chunk], self.mask.new_ones((len(chunk), n))], 1)
+            positions = self.lengths[chunk, None] + torch.arange(n, device=queries.device)
+            hidden = decoder(inputs_embeds=queries.expand(len(chunk), -1, -1), attention_mask=mask,
+                             position_ids=positions, past_key_values=rows_copy(self.w_cache, chunk, n),
+                             use_cache=True).last_hidden_state
+            latents[chunk] = mods.to_reasoner(hidden)
+            part = rows_copy(self.r_cache, chunk, n, upto=start)
+            with self.mg.reasoner():
+                logits.append(self.mg.model(inputs_embeds=latents[chunk], attention_mask=mask,
+                                            position_ids=positions, past_key_values=part, use_cache=True,
+                                            logits_to_keep=1).logits[:, -1])
+            write_rows(self.r_cache, part, chunk, start)
         self.mask = torch.cat([self.mask, real[:, None].to(self.mask.dtype).expand(-1, n)], dim=1)
-        self.pending.append((full, self.lengths[:, None] + torch.arange(n, device=latents.device)))
+        self.pending.append((latents, self.lengths[:, None] + torch.arange(n, device=latents.device)))
         self.lengths = self.lengths + n * real.long()
-        return logits
+        return torch.cat(logits)
 
     def _in_place(self, cache):
         if all(type(layer) is ReservedLayer for layer in cache.layers):
