@@ -14,14 +14,12 @@ MemGen variants produce the same tokens (checked on every round).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks.parametric_decode import _prompt_ids
+from benchmarks.parametric_decode import _prompt_ids, emit, setup_backbone
 from harness.generation import generate_batch, prefill_prefix
 from harness.types import GenerationSettings
 
@@ -36,19 +34,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="a tiny random model (a smoke test of the script)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.tiny:
-        from tests.conftest import make_backbone
-
-        backbone = make_backbone(window=4096)
-    else:
-        from omegaconf import OmegaConf
-
-        from harness.backbone import load_backbone
-        from benchmarks.parametric_decode import ROOT
-
-        backbone = load_backbone(OmegaConf.load(ROOT / "conf/backbone/smollm2_135m.yaml"))
+    backbone = setup_backbone(args.threads, args.tiny)
     from methods.memgen.model import MemGen, MemGenConfig
     from methods.memgen.weave import generate_one, generate_woven_batch, weave_prefix
 
@@ -94,10 +80,7 @@ def main() -> None:
            "batched_vs_one_at_a_time": round(med["memgen_one_at_a_time"] / med["memgen_batched"], 2),
            "memgen_batched_vs_bare_batched": round(med["bare_batched"] / med["memgen_batched"], 3),
            "insertions_per_question": insertions, "same_tokens_every_round": all(same)}
-    print(json.dumps(out, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,29 @@ def _prompt_ids(backbone, n: int) -> list[int]:
     return backbone.encode(text)[:n]
 
 
+def setup_backbone(threads: int | None, tiny: bool):
+    """The embedded SmolLM2-135M (or a tiny random model for a smoke test), with ``threads`` set first."""
+    if threads:
+        torch.set_num_threads(threads)
+    if tiny:
+        from tests.conftest import make_backbone
+
+        return make_backbone(window=4096)
+    from omegaconf import OmegaConf
+
+    from harness.backbone import load_backbone
+
+    return load_backbone(OmegaConf.load(ROOT / "conf/backbone/smollm2_135m.yaml"))
+
+
+def emit(result: dict, out: str | None) -> None:
+    """Print the result and, when ``out`` is given, write it there as JSON."""
+    print(json.dumps(result, indent=2))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompt-tokens", type=int, default=512)
@@ -45,18 +68,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="a tiny random model (a smoke test of the script)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.tiny:
-        from tests.conftest import make_backbone
-
-        backbone = make_backbone(window=4096)
-    else:
-        from omegaconf import OmegaConf
-
-        from harness.backbone import load_backbone
-
-        backbone = load_backbone(OmegaConf.load(ROOT / "conf/backbone/smollm2_135m.yaml"))
+    backbone = setup_backbone(args.threads, args.tiny)
     from peft import get_peft_model
 
     from methods.context2lora import lora_config
@@ -110,10 +122,7 @@ def main() -> None:
            "memgen_insertions": insertions,
            "memgen_latent_tokens": {k: cfg.prompt_latents + n * cfg.inference_latents for k, n in insertions.items()},
            "memgen_cached_vs_reprefill": round(med["memgen_reprefill"] / med["memgen"], 2)}
-    print(json.dumps(out, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

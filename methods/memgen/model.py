@@ -112,7 +112,9 @@ class MemGen:
                               bias="none", task_type="CAUSAL_LM")
             peft_model = get_peft_model(model, lora)
         self.peft = peft_model
-        self._lora_layers: list[nn.Module] | None = None  # collected on the first switch to the reasoner
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self._lora_layers = [m for m in peft_model.modules() if isinstance(m, BaseTunerLayer)]
         hidden = model.get_input_embeddings().weight.shape[1]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -133,10 +135,6 @@ class MemGen:
         per switch on SmolLM2-135M, more than a decoded token costs); decoding switches twice per token, so the
         layers are collected once and only the flag their forward reads is flipped (tests: the reasoner equals
         the bare backbone exactly, and the weaver is back on afterwards)."""
-        if self._lora_layers is None:
-            from peft.tuners.tuners_utils import BaseTunerLayer
-
-            self._lora_layers = [m for m in self.peft.modules() if isinstance(m, BaseTunerLayer)]
         for layer in self._lora_layers:
             layer._disable_adapters = True
         try:

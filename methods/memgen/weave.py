@@ -253,7 +253,7 @@ class _Rows:
                              past_key_values=self.w_cache, use_cache=True).last_hidden_state
             self.w_cache.crop(-n)  # read once, never attended to again
             return self.feed(mods.to_reasoner(hidden), real)[rows]
-        self.w_cache, self.r_cache = self._in_place(self.w_cache), self._in_place(self.r_cache)
+        self.w_cache, self.r_cache = self.in_place(self.w_cache), self.in_place(self.r_cache)
         start = self.mask.shape[1]
         extend(self.r_cache, n)
         latents = queries.new_zeros((b, n, queries.shape[-1]))
@@ -276,7 +276,8 @@ class _Rows:
         self.lengths = self.lengths + n * real.long()
         return torch.cat(logits)
 
-    def _in_place(self, cache):
+    def in_place(self, cache):
+        """``cache`` as one that appends in place (:func:`reserve`d once; a no-op when it already is)."""
         if all(type(layer) is ReservedLayer for layer in cache.layers):
             return cache
         return reserve(cache, self.mask.shape[0], self.room)
@@ -342,17 +343,15 @@ def _decode_rows(mg: MemGen, tokenizer, suffixes, settings: GenerationSettings, 
         ids[i, width - len(s):] = torch.tensor(list(s), device=dev)
         real[i, width - len(s):] = 1
     room = width + cfg.prompt_latents + settings.max_new_tokens + cfg.max_inference_aug_num * cfg.inference_latents
-    rows = _Rows(mg, reserve(prefix.cache if prefix else _new_cache(mg.model), b, room),
-                 reserve(weaver_prefix.cache if weaver_prefix else _new_cache(mg.model), b, room),
+    rows = _Rows(mg, reserve(prefix.cache, b, room) if prefix else _new_cache(mg.model),
+                 reserve(weaver_prefix.cache, b, room) if weaver_prefix else _new_cache(mg.model),
                  torch.ones((b, p), dtype=torch.long, device=dev), room)
     logits = rows.feed(mg.embed(ids), real, positions=p + (real.cumsum(-1) - 1).clamp(min=0))
-    if prefix is None:  # caches that append in place from here on, as the bare decoder's do
-        rows.r_cache = reserve(rows.r_cache, b, room)
+    rows.r_cache = rows.in_place(rows.r_cache)  # caches that append in place from here on
     prompt_block = cfg.max_prompt_aug_num > 0
     if prompt_block:
         logits = rows.insert("prompt", torch.arange(b, device=dev))
-        if weaver_prefix is None:
-            rows.w_cache = reserve(rows.w_cache, b, room)
+        rows.w_cache = rows.in_place(rows.w_cache)
     generators = [torch.Generator().manual_seed(int(sd)) for sd in seeds] if settings.do_sample else None
     head = list((prefix.ids if prefix else ())[-_TAIL_TOKENS:])
     tails = [(head + list(s))[-_TAIL_TOKENS:] for s in suffixes]
