@@ -122,7 +122,9 @@ class MemGen:
 
     # ---------------------------------------------------------------------------------- parameters
     def parameters(self) -> list[nn.Parameter]:
-        lora = [p for name, p in sorted(self.peft.named_parameters()) if "lora_" in name and p.requires_grad]
+        """The weaver's own parameters, whether or not they are being trained (a loaded weaver is frozen; its
+        LoRA still counts)."""
+        lora = [p for name, p in sorted(self.peft.named_parameters()) if "lora_" in name]
         return lora + [p for _, p in sorted(self.modules.named_parameters())]
 
     def num_parameters(self) -> int:

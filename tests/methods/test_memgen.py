@@ -260,6 +260,8 @@ def test_training_learns_and_the_folder_round_trips(tmp_path):
     ids = bb.encode(TEXT)
     s = GenerationSettings(max_new_tokens=10)
     trained_mg = MemGen.from_folder(make_backbone().model, tmp_path)
+    fresh = MemGen(make_backbone().model, trained_mg.config)
+    assert trained_mg.num_parameters() == fresh.num_parameters()  # the frozen, loaded LoRA counts too
     a = generate_one(trained_mg, bb.tokenizer, ids, s, stop_ids=bb.stop_ids)
     method = MemGenMethod(name="memgen", adapter=str(tmp_path), max_prompt_aug_num=1, max_inference_aug_num=5)
     other = make_backbone()
