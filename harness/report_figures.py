@@ -24,6 +24,11 @@ def _panels(cells, suite) -> list[tuple[str, str, list[tuple[str, Any]]]]:
     return out
 
 
+def _label(method: str, cell, floor: str) -> str:
+    short = f" [{cell.n}/{cell.expected}]" if cell.expected and cell.n < cell.expected else ""
+    return method + (" (q. only)" if method == floor else "") + short
+
+
 def _varies(values: list[float], ratio: float = 1.1) -> bool:
     return len(values) > 1 and max(values) > ratio * min(values)
 
@@ -59,13 +64,21 @@ def write_figures(cells, out: Path, suite: dict[str, Any]) -> list[Path]:
         err = [1.96 * 100 * c.stderr if c.stderr is not None and math.isfinite(c.stderr) else 0 for _, c in done]
         colors = ["#bbbbbb" if m == FLOOR else ("#4c72b0" if not m.startswith("deltamem") else "#dd8452")
                   for m, _ in done]
-        ax.barh(list(ys), [100 * c.value for _, c in done], xerr=err, color=colors, capsize=2)
-        ax.set_yticks(list(ys), [m + (" (q. only)" if m == FLOOR else "") for m, _ in done], fontsize=8)
+        # a record holding fewer questions than the suite asks is not comparable with the others: the table's
+        # [k/n] goes on its label and its bar is hatched
+        short = [bool(c.expected and c.n < c.expected) for _, c in done]
+        bars = ax.barh(list(ys), [100 * c.value for _, c in done], xerr=err, color=colors, capsize=2)
+        for bar, is_short in zip(bars, short):
+            if is_short:
+                bar.set_hatch("///")
+                bar.set_alpha(0.6)
+        ax.set_yticks(list(ys), [_label(m, c, FLOOR) for m, c in done], fontsize=8)
         ax.set_xlabel("score ×100 (95 % interval)", fontsize=8)
         ax.set_title(f"{header}" + (f" — {backbone}" if multi else ""), fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("Main rows per task (δ-mem in orange, the question-only floor in grey)", fontsize=10)
+    fig.suptitle("Main rows per task (δ-mem orange, question-only floor grey)\n"
+                 "hatched, [k/n]: a record of only k of the n questions", fontsize=9)
     fig.savefig(out / "main.png", dpi=120)
     plt.close(fig)
 

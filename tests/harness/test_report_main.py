@@ -145,6 +145,33 @@ def test_the_cost_figure_leaves_out_a_task_where_every_method_reads_the_same_pro
     assert "not drawn: IFEval" in titles["cost_quality.png"][1]
 
 
+def test_a_short_record_is_marked_in_the_figure(tmp_path, suite_ids, monkeypatch):
+    """A record of fewer questions than the suite asks is not comparable with the full ones: its bar says so."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harness import report_figures
+    from harness.report import collect
+
+    res = tmp_path / "results"
+    record(res, "vanilla", "locomo", "context", {f"q{k}": 0.2 for k in range(20)})
+    record(res, "deltamem_tsw", "locomo", "context", {f"q{k}": 0.4 for k in range(5)})
+    seen = {}
+    original = plt.Figure.savefig
+
+    def spy(fig, path, *a, **kw):
+        if Path(path).name == "main.png":
+            ax = fig.axes[0]
+            seen.update({t.get_text(): bar.get_hatch() for t, bar in zip(ax.get_yticklabels(), ax.patches)})
+        original(fig, path, *a, **kw)
+
+    monkeypatch.setattr(plt.Figure, "savefig", spy)
+    report_figures.write_figures(collect(res), tmp_path, {"name": "t", "limits": {}})
+    assert seen == {"vanilla": None, "deltamem_tsw [5/20]": "///"}
+
+
 def test_the_suite_sets_the_limit_the_record_hash_already_has():
     from harness.runner import apply_suite, semantic_config
 
