@@ -25,7 +25,7 @@ def _panels(cells, suite) -> list[tuple[str, str, list[tuple[str, Any]]]]:
 
 
 def _label(method: str, cell, floor: str) -> str:
-    short = f" [{cell.n}/{cell.expected}]" if cell.expected and cell.n < cell.expected else ""
+    short = f" [{cell.n}/{cell.expected}]" if cell.short else ""
     return method + (" (q. only)" if method == floor else "") + short
 
 
@@ -66,7 +66,7 @@ def write_figures(cells, out: Path, suite: dict[str, Any]) -> list[Path]:
                   for m, _ in done]
         # a record holding fewer questions than the suite asks is not comparable with the others: the table's
         # [k/n] goes on its label and its bar is hatched
-        short = [bool(c.expected and c.n < c.expected) for _, c in done]
+        short = [c.short for _, c in done]
         bars = ax.barh(list(ys), [100 * c.value for _, c in done], xerr=err, color=colors, capsize=2)
         for bar, is_short in zip(bars, short):
             if is_short:

@@ -61,6 +61,11 @@ class MainCell:
     prompt_tokens: float | None = None  # mean per question over the same samples
     thread_seconds: tuple[float, bool] | None = None  # wall × threads pro-rated; a thread count assumed
 
+    @property
+    def short(self) -> bool:
+        """Holds fewer of the suite's questions than it asks: shown, but never averaged or ranked."""
+        return bool(self.expected and self.n < self.expected)
+
     def text(self, bold: bool = False) -> str:
         if self.status != "complete":
             return self.status
@@ -69,7 +74,7 @@ class MainCell:
             v = f"**{v}**"
         se = f" ± {100 * self.stderr:.2f}" if self.stderr is not None and math.isfinite(self.stderr) else ""
         beside = f" ({100 * self.beside:.2f})" if self.beside is not None else ""
-        short = f" [{self.n}/{self.expected}]" if self.expected and self.n < self.expected else ""
+        short = f" [{self.n}/{self.expected}]" if self.short else ""
         return f"{v}{se}{beside}{' †' if self.subset else ''}{short}"
 
 
@@ -271,20 +276,23 @@ def summarise_rows(rows: list[dict[str, Any]]) -> list[Column]:
     cols = averaged_columns(rows)
     base = next((r for r in rows if r["method"] == BASELINE), None)
     for r in rows:
-        done = [r["cells"][c.header] for c in cols if r["cells"][c.header].status == "complete"]
+        # a cell on only part of the suite's questions would average other questions than vanilla's
+        done = [r["cells"][c.header] for c in cols
+                if r["cells"][c.header].status == "complete" and not r["cells"][c.header].short]
         r["average"] = sum(c.value for c in done) / len(done) if cols and len(done) == len(cols) else None
         r["ratio"] = ratio_with_interval(r, base, cols) if base is not None and r["average"] is not None else None
     return cols
 
 
 def best_values(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """The best value of each column among the rows that are methods (the question-only floor excluded)."""
+    """The best value of each column among the rows that are methods (the question-only floor and cells on part of
+    the suite's questions excluded)."""
     best: dict[str, float] = {}
     for r in rows:
         if r["method"] == FLOOR:
             continue
         for h, c in r["cells"].items():
-            if c.status == "complete" and c.value is not None and c.value > best.get(h, -1.0):
+            if c.status == "complete" and not c.short and c.value is not None and c.value > best.get(h, -1.0):
                 best[h] = c.value
     return best
 
@@ -294,7 +302,8 @@ def table_lines(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
     header = ["method", "protocol", *(c.header for c in COLUMNS), "average", "× vanilla [95% CI]"]
     body = []
     for r in rows:
-        cells = [r["cells"][c.header].text(bold=r["method"] != FLOOR and r["cells"][c.header].value == best.get(c.header))
+        cells = [r["cells"][c.header].text(bold=r["method"] != FLOOR and not r["cells"][c.header].short
+                                           and r["cells"][c.header].value == best.get(c.header))
                  for c in COLUMNS]
         avg = "–" if r.get("average") is None else f"{100 * r['average']:.2f}"
         ratio = "–" if not r.get("ratio") else f"{r['ratio'][0]:.2f}× [{r['ratio'][1]:.2f}, {r['ratio'][2]:.2f}]"
@@ -307,12 +316,12 @@ def footnotes(cols: list[Column], suite: dict[str, Any], stand_ins: list[str], m
     limits = suite.get("limits") or {}
     out = [f"Average and × vanilla over {', '.join(c.header for c in cols) or 'nothing (no vanilla row)'}: the "
            "averaged columns vanilla has (the paper's Final avg averages IFEval, HotpotQA EM, GPQA-D, MAB and "
-           "LoCoMo), for the rows that have all of them; × vanilla is the row's mean over those columns divided "
+           "LoCoMo), for the rows that have all of them on all the suite's questions; × vanilla is the row's mean over those columns divided "
            "by vanilla's on the same questions, with a 95 % interval resampling each task's episodes.",
            "Questions: " + "; ".join(f"{t} {'all' if not limits.get(t) else f'{limits[t]} (fixed subset)'}"
                                      for t in dict.fromkeys(c.task for c in COLUMNS)) +
            ". † a subset of the task or a partial copy of its data (HotpotQA here: 1,354 of 7,405 dev questions); "
-           "[k/n] a record holding only k of the suite's n questions. – not applicable (the text baselines do not "
+           "[k/n] a record holding only k of the suite's n questions (shown, never averaged or bold). – not applicable (the text baselines do not "
            "run on the context-free tasks; MemoryBank not on HotpotQA, as in the paper's Table 3). Best value per "
            "column in bold (the question-only floor excluded).",
            *[NOTES[t] + "." for t in dict.fromkeys(c.task for c in COLUMNS) if t in NOTES]]

@@ -44,6 +44,10 @@ def test_main_table_cuts_records_to_the_suite_and_averages_what_vanilla_has(tmp_
     record(res, "deltamem_msw", "hotpotqa", "context", {f"q{i}": 0.5 for i in range(10)},
            extra={"em_official": 0.2, "f1_official": 0.7, "f1_reference": 0.8})
     record(res, "deltamem_tsw", "locomo", "context", {f"q{i}": 0.1 for i in range(5)})  # fewer than the suite's
+    # all columns, but LoCoMo on part of the suite's questions, there the best value: neither averaged nor bold
+    record(res, "deltamem_ssw", "hotpotqa", "context", {f"q{i}": 0.5 for i in range(10)},
+           extra={"em_official": 0.1, "f1_official": 0.5, "f1_reference": 0.6})
+    record(res, "deltamem_ssw", "locomo", "context", {f"q{i}": 0.8 for i in range(10)})
     record(res, "vanilla_nocontext", "locomo", "memory", {f"q{i}": 0.9 for i in range(20)})
     info = build_report(res, out)
     md = (out / "main.md").read_text()
@@ -58,6 +62,7 @@ def test_main_table_cuts_records_to_the_suite_and_averages_what_vanilla_has(tmp_
     # the question-only floor is never bold even when it scores highest
     assert not rows["vanilla_nocontext (question only)"][col["LoCoMo"]].startswith("**")
     assert rows["deltamem_msw"][col["LoCoMo"]].startswith("**30.00**")
+    assert rows["deltamem_ssw"][col["LoCoMo"]] == "80.00 ± 0.00 [10/20]" and rows["deltamem_ssw"][col["average"]] == "–"
     # average over HotpotQA EM and LoCoMo (what vanilla has): (0.2 + 0.3) / 2; ratio against (0.1 + 0.2) / 2
     assert rows["deltamem_msw"][col["average"]] == "25.00"
     ratio = rows["deltamem_msw"][col["× vanilla [95% CI]"]]
