@@ -316,14 +316,15 @@ def footnotes(cols: list[Column], suite: dict[str, Any], stand_ins: list[str], m
     limits = suite.get("limits") or {}
     out = [f"Average and × vanilla over {', '.join(c.header for c in cols) or 'nothing (no vanilla row)'}: the "
            "averaged columns vanilla has (the paper's Final avg averages IFEval, HotpotQA EM, GPQA-D, MAB and "
-           "LoCoMo), for the rows that have all of them on all the suite's questions; × vanilla is the row's mean over those columns divided "
-           "by vanilla's on the same questions, with a 95 % interval resampling each task's episodes.",
+           "LoCoMo), for the rows that have all of them on all the suite's questions; × vanilla is the row's mean "
+           "over those columns divided by vanilla's on the same questions, with a 95 % interval resampling each "
+           "task's episodes.",
            "Questions: " + "; ".join(f"{t} {'all' if not limits.get(t) else f'{limits[t]} (fixed subset)'}"
                                      for t in dict.fromkeys(c.task for c in COLUMNS)) +
            ". † a subset of the task or a partial copy of its data (HotpotQA here: 1,354 of 7,405 dev questions); "
-           "[k/n] a record holding only k of the suite's n questions (shown, never averaged or bold). – not applicable (the text baselines do not "
-           "run on the context-free tasks; MemoryBank not on HotpotQA, as in the paper's Table 3). Best value per "
-           "column in bold (the question-only floor excluded).",
+           "[k/n] a record holding only k of the suite's n questions (shown, never averaged or bold). – not "
+           "applicable (the text baselines do not run on the context-free tasks; MemoryBank not on HotpotQA, as in "
+           "the paper's Table 3). Best value per column in bold (the question-only floor excluded).",
            *[NOTES[t] + "." for t in dict.fromkeys(c.task for c in COLUMNS) if t in NOTES]]
     out += [f"`{t}`: {why} here (see its task README)." for t, why in sorted(missing.items())]
     return out + stand_ins
