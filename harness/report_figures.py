@@ -24,11 +24,6 @@ def _panels(cells, suite) -> list[tuple[str, str, list[tuple[str, Any]]]]:
     return out
 
 
-def _label(method: str, cell, floor: str) -> str:
-    short = f" [{cell.n}/{cell.expected}]" if cell.short else ""
-    return method + (" (q. only)" if method == floor else "") + short
-
-
 def _varies(values: list[float], ratio: float = 1.1) -> bool:
     return len(values) > 1 and max(values) > ratio * min(values)
 
@@ -66,13 +61,13 @@ def write_figures(cells, out: Path, suite: dict[str, Any]) -> list[Path]:
                   for m, _ in done]
         # a record holding fewer questions than the suite asks is not comparable with the others: the table's
         # [k/n] goes on its label and its bar is hatched
-        short = [c.short for _, c in done]
         bars = ax.barh(list(ys), [100 * c.value for _, c in done], xerr=err, color=colors, capsize=2)
-        for bar, is_short in zip(bars, short):
-            if is_short:
+        for bar, (_, c) in zip(bars, done):
+            if c.short:
                 bar.set_hatch("///")
                 bar.set_alpha(0.6)
-        ax.set_yticks(list(ys), [_label(m, c, FLOOR) for m, c in done], fontsize=8)
+        ax.set_yticks(list(ys), [m + (" (q. only)" if m == FLOOR else "") + c.coverage for m, c in done],
+                      fontsize=8)
         ax.set_xlabel("score ×100 (95 % interval)", fontsize=8)
         ax.set_title(f"{header}" + (f" — {backbone}" if multi else ""), fontsize=10)
         ax.tick_params(axis="x", labelsize=8)

@@ -66,6 +66,11 @@ class MainCell:
         """Holds fewer of the suite's questions than it asks: shown, but never averaged or ranked."""
         return bool(self.expected and self.n < self.expected)
 
+    @property
+    def coverage(self) -> str:
+        """`` [k/n]`` for a short cell, the mark the table and the figures share; empty otherwise."""
+        return f" [{self.n}/{self.expected}]" if self.short else ""
+
     def text(self, bold: bool = False) -> str:
         if self.status != "complete":
             return self.status
@@ -74,8 +79,7 @@ class MainCell:
             v = f"**{v}**"
         se = f" ± {100 * self.stderr:.2f}" if self.stderr is not None and math.isfinite(self.stderr) else ""
         beside = f" ({100 * self.beside:.2f})" if self.beside is not None else ""
-        short = f" [{self.n}/{self.expected}]" if self.short else ""
-        return f"{v}{se}{beside}{' †' if self.subset else ''}{short}"
+        return f"{v}{se}{beside}{' †' if self.subset else ''}{self.coverage}"
 
 
 def registered_methods() -> list[str]:
