@@ -3,6 +3,10 @@ training generator? (issue 32)
 
     python -m benchmarks.recall_out_of_template run [--per-bucket 24] [--conditions msw_own,...] [--threads 1]
     python -m benchmarks.recall_out_of_template report [--per-bucket 24]
+    # a candidate adapter (e.g. a training checkpoint) in place of the shipped one, reported elsewhere:
+    python -m benchmarks.recall_out_of_template run --conditions msw_own,msw_other --buckets 100,250 \
+        --adapter msw=runs/train/recall_transfer/msw_recall_diverse
+    python -m benchmarks.recall_out_of_template report --conditions ... --adapter msw=... --report-dir DIR
 
 ``run`` answers every condition through the harness runner (``harness.runner.run_experiment``: the real
 δ-mem, vanilla, BM25 methods and the ``other_history`` control), one resumable record per condition under
@@ -81,13 +85,24 @@ def task_node(seed: int, buckets: Sequence[int], per_bucket: int, **extra: Any) 
             "seed_offset": 0, "generation": {"max_new_tokens": 32, "do_sample": False}, **extra}
 
 
-def compose(cond: Condition, *, seed: int, buckets: Sequence[int], per_bucket: int, results: Path, threads: int):
+def adapter_override(cond: Condition, adapters: dict[str, str]) -> tuple[str, ...]:
+    """``method.adapter=<dir>`` for a δ-mem condition whose variant was given a candidate adapter; the record's
+    semantic config then holds that adapter, so its results never mix with the shipped adapter's."""
+    variant = cond.method.removeprefix("deltamem_") if cond.method.startswith("deltamem_") else None
+    if variant in adapters:
+        return (f"method.adapter={Path(adapters[variant]).resolve()}",)
+    return ()
+
+
+def compose(cond: Condition, *, seed: int, buckets: Sequence[int], per_bucket: int, results: Path, threads: int,
+            adapters: dict[str, str] | None = None):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf, open_dict
 
+    extra = adapter_override(cond, adapters or {})
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=[f"method={cond.method}", *cond.overrides,
+        cfg = hydra_compose("config", overrides=[f"method={cond.method}", *cond.overrides, *extra,
                                                  f"run.results_dir={results}", f"run.threads={threads}",
                                                  "run.progress=false"])
     with open_dict(cfg):  # the task is not in conf/task (it would add an empty column to the main report)
@@ -112,7 +127,7 @@ def run(args: argparse.Namespace) -> None:
     for name in args.conditions:
         cond = condition(name)
         cfg = compose(cond, seed=args.seed, buckets=args.buckets, per_bucket=args.per_bucket,
-                      results=Path(args.results), threads=args.threads)
+                      results=Path(args.results), threads=args.threads, adapters=args.adapters)
         t0 = time.time()
         outcome = run_experiment(cfg, load=load_once)
         overall = outcome.metrics.get("overall", {}).get("key_value", {})
@@ -134,7 +149,7 @@ def load_results(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], d
     walls: dict[str, float] = {}
     for name in args.conditions:
         cfg = compose(condition(name), seed=args.seed, buckets=args.buckets, per_bucket=args.per_bucket,
-                      results=Path(args.results), threads=args.threads)
+                      results=Path(args.results), threads=args.threads, adapters=args.adapters)
         adapter = resolve_adapter(cfg)  # in place, before the semantic config, as the runner does
         semantic = semantic_config(cfg)
         if adapter:
@@ -204,13 +219,16 @@ def report(args: argparse.Namespace) -> None:
             "conditions": rows, "paired": paired, "curve": curve, "per_dialogue": per_dialogue,
             "wall_s": walls, "wall_s_total": round(sum(walls.values()), 1),
             "donor_holds_asked_value": _donor_collisions(list(dialogues.values()))}
-    out_json = ROOT / "reports" / "benchmarks" / "recall_out_of_template.json"
+    if args.adapters:
+        blob["adapters"] = {v: str(Path(d)) for v, d in args.adapters.items()}
+    out = Path(args.report_dir)
+    out_json = out / "benchmarks" / "recall_out_of_template.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(blob, indent=1) + "\n")
-    _figure(curve, lengths, args.buckets, ROOT / "reports" / "recall_vs_length.png")
-    (ROOT / "reports" / "recall_out_of_template.md").write_text(_markdown(blob, dialogues, results))
-    print(f"[recall_oot] wrote {out_json.relative_to(ROOT)}, reports/recall_out_of_template.md, "
-          "reports/recall_vs_length.png")
+    _figure(curve, lengths, args.buckets, out / "recall_vs_length.png")
+    shown = out_json.resolve().relative_to(ROOT) if out_json.resolve().is_relative_to(ROOT) else out_json
+    (out / "recall_out_of_template.md").write_text(_markdown(blob, dialogues, results, str(shown)))
+    print(f"[recall_oot] wrote {out_json}, {out / 'recall_out_of_template.md'}, {out / 'recall_vs_length.png'}")
 
 
 def _history_tokens(dialogues) -> dict[str, int]:
@@ -309,16 +327,24 @@ def _diff(r: dict[str, Any]) -> str:
     return f"{100 * r['rate']:+.1f} [{100 * r['ci95'][0]:+.1f}, {100 * r['ci95'][1]:+.1f}]"
 
 
-def _markdown(blob: dict[str, Any], dialogues, results) -> str:
+def _adapters_line(candidates: dict[str, str]) -> str:
+    if not candidates:
+        return "shipped adapters"
+    named = ", ".join(f"{v.upper()} candidate adapter `{d}`" for v, d in candidates.items())
+    return f"{named} (not the shipped one; other variants shipped)"
+
+
+def _markdown(blob: dict[str, Any], dialogues, results, json_path: str) -> str:
     rows, paired, curve = blob["conditions"], blob["paired"], blob["curve"]
     lines = ["# Out-of-template recall (issue 32)", "",
              "Generated by `python -m benchmarks.recall_out_of_template report` from the records of "
              "`python -m benchmarks.recall_out_of_template run`; raw per-dialogue results in "
-             "`reports/benchmarks/recall_out_of_template.json`.", "",
+             f"`{json_path}`.", "",
              f"Dialogues: `tasks/recall_oot` (its own generator and wording, checked against the training templates by "
              f"`tests/tasks/test_recall_oot.py`), seed {blob['seed']}, {blob['per_bucket']} per target length. Main "
              f"table: the {blob['n_main']} dialogues with target ≤ {MAIN_MAX_TOKENS} tokens. Backbone SmolLM2-135M-"
-             "Instruct, shipped adapters, greedy, 32 new tokens, one CPU thread. Metric: the answer names the asked "
+             f"Instruct, {_adapters_line(blob.get('adapters', {}))}, greedy, 32 new tokens, one CPU thread. Metric: the "
+             "answer names the asked "
              "value (normalised whole-word match, `tasks/recall_oot/scoring.py`). 95 % bootstrap intervals over "
              "dialogues; differences paired per dialogue.", "",
              "| condition | key value, % [95 % CI] | distractor's value named, % | hits echoing transcript lines | "
@@ -382,7 +408,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="the generator's seed")
     ap.add_argument("--results", default=str(ROOT / ".cache" / "recall_oot"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--adapter", action="append", default=[], metavar="VARIANT=DIR",
+                    help="evaluate this δ-mem adapter folder for msw/tsw/ssw instead of the shipped one (repeatable)")
+    ap.add_argument("--report-dir", default=str(ROOT / "reports"),
+                    help="where `report` writes; give another folder for a candidate adapter")
     args = ap.parse_args(argv)
+    args.adapters = {}
+    for item in args.adapter:
+        variant, sep, folder = item.partition("=")
+        if not sep or variant not in VARIANTS:
+            ap.error(f"--adapter expects VARIANT=DIR with VARIANT one of {', '.join(VARIANTS)}; got {item!r}")
+        if not (Path(folder) / "deltamem_model.safetensors").is_file():
+            ap.error(f"--adapter {item}: no deltamem_model.safetensors in {folder}")
+        args.adapters[variant] = folder
+    if args.command == "report" and args.adapters and Path(args.report_dir).resolve() == (ROOT / "reports").resolve():
+        ap.error("--adapter with `report` needs --report-dir: reports/ holds the shipped adapters' evaluation")
     args.seed_run = 42  # the harness's default run seed (greedy: it seeds nothing that matters)
     try:
         args.buckets = [int(b) for b in args.buckets.split(",") if b.strip()]

@@ -252,6 +252,23 @@ def test_benchmark_conditions():
         condition("msw_twice")
 
 
+def test_benchmark_candidate_adapter_reaches_only_its_variant(tmp_path):
+    from benchmarks.recall_out_of_template import adapter_override, compose, condition, main
+
+    cfg = compose(condition("msw_own"), seed=0, buckets=[100], per_bucket=1, results=tmp_path, threads=1,
+                  adapters={"msw": str(tmp_path)})
+    assert cfg.method.adapter == str(tmp_path.resolve())
+    assert adapter_override(condition("tsw_own"), {"msw": str(tmp_path)}) == ()
+    assert adapter_override(condition("vanilla"), {"msw": str(tmp_path)}) == ()
+    with pytest.raises(SystemExit):  # not an adapter folder
+        main(["run", "--adapter", f"msw={tmp_path}"])
+    with pytest.raises(SystemExit):  # an unknown variant
+        main(["run", "--adapter", f"gru={tmp_path}"])
+    (tmp_path / "deltamem_model.safetensors").write_bytes(b"")
+    with pytest.raises(SystemExit):  # a candidate must not overwrite the shipped adapters' report
+        main(["report", "--adapter", f"msw={tmp_path}"])
+
+
 def test_dialogue_records_are_plain_data():
     d = generate_dialogue(0, 250, 0)
     assert json.loads(json.dumps(asdict(d)))["asked"]["value"] == d.asked.value
