@@ -17,6 +17,9 @@
 # DISTILL_STEPS (600), THREADS (1), EVAL_EPISODES (48), WARM_START_DIR (the recall_only folder); arguments after
 # "--" are passed to every stage (e.g. backbone.device=cuda:0).
 #   nohup bash scripts/recall_transfer_curriculum.sh msw tsw > logs/recall_transfer.log 2>&1 &
+# Screen a stage (or a checkpoint's adapter/ folder) on the out-of-template dialogues before shipping anything:
+#   python -m benchmarks.recall_out_of_template run --conditions msw_own,msw_other --buckets 100,250 \
+#     --adapter msw=runs/train/recall_transfer/msw_recall_diverse    # then `report ... --report-dir DIR`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 variants=()
