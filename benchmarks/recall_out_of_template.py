@@ -418,8 +418,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         variant, sep, folder = item.partition("=")
         if not sep or variant not in VARIANTS:
             ap.error(f"--adapter expects VARIANT=DIR with VARIANT one of {', '.join(VARIANTS)}; got {item!r}")
-        if not (Path(folder) / "deltamem_model.safetensors").is_file():
-            ap.error(f"--adapter {item}: no deltamem_model.safetensors in {folder}")
+        from methods.deltamem.adapter import adapter_format  # the loader's own test of a folder (both formats)
+
+        try:
+            adapter_format(folder)
+        except FileNotFoundError as exc:
+            ap.error(f"--adapter {item}: {exc}")
         args.adapters[variant] = folder
     if args.command == "report" and args.adapters and Path(args.report_dir).resolve() == (ROOT / "reports").resolve():
         ap.error("--adapter with `report` needs --report-dir: reports/ holds the shipped adapters' evaluation")

@@ -264,7 +264,10 @@ def test_benchmark_candidate_adapter_reaches_only_its_variant(tmp_path):
         main(["run", "--adapter", f"msw={tmp_path}"])
     with pytest.raises(SystemExit):  # an unknown variant
         main(["run", "--adapter", f"gru={tmp_path}"])
-    (tmp_path / "deltamem_model.safetensors").write_bytes(b"")
+    from methods.deltamem.adapter import CONFIG_NAME, WEIGHTS_NAME
+
+    (tmp_path / CONFIG_NAME).write_text("{}")
+    (tmp_path / WEIGHTS_NAME).write_bytes(b"")
     with pytest.raises(SystemExit):  # a candidate must not overwrite the shipped adapters' report
         main(["report", "--adapter", f"msw={tmp_path}"])
 
