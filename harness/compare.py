@@ -65,9 +65,17 @@ def paired_comparison(path_a: str | Path, path_b: str | Path, metric: str | None
         "diff": {"mean": mean(d), "stderr": clustered_stderr(d, episodes),
                  "ci95": list(bootstrap_ci(d, episodes, iters=iters)),
                  "a_better": sum(x > 0 for x in d), "b_better": sum(x < 0 for x in d), "ties": sum(x == 0 for x in d)},
-        "by_category": {c: {"n": len(ks), "a": mean([a[k] for k in ks]), "b": mean([b[k] for k in ks]),
-                            "diff": mean([d[k] for k in ks])} for c, ks in sorted(by_cat.items())},
+        "by_category": {c: _category_diff(a, b, d, episodes, ks, iters) for c, ks in sorted(by_cat.items())},
     }
+
+
+def _category_diff(a: list[float], b: list[float], d: list[float], episodes: list[str], ks: list[int],
+                   iters: int) -> dict[str, Any]:
+    # The same episode-resampling interval as the overall one, restricted to the category's questions: a
+    # category can differ in sign from the pooled difference (MAB's competencies), so each needs its own.
+    dk, ek = [d[k] for k in ks], [episodes[k] for k in ks]
+    return {"n": len(ks), "episodes": len(set(ek)), "a": mean([a[k] for k in ks]), "b": mean([b[k] for k in ks]),
+            "diff": mean(dk), "ci95": list(bootstrap_ci(dk, ek, iters=iters))}
 
 
 def format_comparison(r: dict[str, Any]) -> str:
@@ -80,9 +88,11 @@ def format_comparison(r: dict[str, Any]) -> str:
              f"95% {'episode' if r['episodes'] > 1 else 'sample'}-bootstrap interval "
              f"[{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]; "
              f"A better on {d['a_better']}, B on {d['b_better']}, tied on {d['ties']}",
-             "  by category (n, A, B, A − B):"]
+             "  by category (n, A, B, A − B [95% interval]):"]
     for c, v in r["by_category"].items():
-        lines.append(f"    {c:<24} {v['n']:>5}  {100 * v['a']:6.2f}  {100 * v['b']:6.2f}  {100 * v['diff']:+6.2f}")
+        lo, hi = v["ci95"]
+        lines.append(f"    {c:<24} {v['n']:>5}  {100 * v['a']:6.2f}  {100 * v['b']:6.2f}  {100 * v['diff']:+6.2f} "
+                     f"[{100 * lo:+.2f}, {100 * hi:+.2f}]")
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -100,13 +101,21 @@ def is_recipe_record(header: dict[str, Any]) -> bool:
 def data_notes(cells) -> list[str]:
     """Markdown footnote lines, one per task whose records read recipe-built data: such scores are not the
     benchmark's and must never be read as if they were."""
-    seen: dict[str, str] = {}
-    for (_, _, _, task), cell in sorted(cells, key=lambda kc: str(kc[0][3])):
-        if task not in seen and is_recipe_record(cell.header):
-            note = str((cell.header.get("data") or {}).get("note") or "data built by recipe")
-            seen[task] = (f"`{task}`: **not MemoryAgentBench.** {note}. Its scores never enter the main table's "
-                          "MAB column.")
-    return list(seen.values())
+    columns: dict[str, set[str]] = defaultdict(set)  # one line per task config, naming each of its columns
+    notes: dict[str, str] = {}
+    for (_, _, _, column), cell in cells:
+        if is_recipe_record(cell.header):
+            task = str(cell.header.get("task"))
+            columns[task].add(column)
+            notes.setdefault(task, str((cell.header.get("data") or {}).get("note") or "data built by recipe"))
+    return [", ".join(f"`{c}`" for c in sorted(columns[t], key=natural_order))
+            + f": **not MemoryAgentBench.** {notes[t]}. Its scores never enter the main table's MAB column."
+            for t in sorted(columns)]
+
+
+def natural_order(name: str) -> list[Any]:
+    """Sort key that puts ``..._8k`` before ``..._32k``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
 
 
 def task_data_problem(task: str) -> str | None:
@@ -145,6 +154,14 @@ def table_metrics(header: dict[str, Any]) -> list[tuple[str, str]]:
     overall = header.get("metrics", {}).get("overall", {})
     named = [(m, label) for m, label in getattr(_task_class(header), "table_metrics", ()) if m in overall]
     return named or [(header.get("primary_metric"), str(header.get("primary_metric")))]
+
+
+def report_task(header: dict[str, Any]) -> str | None:
+    """The task column the record fills: its task's ``report_name`` (a recipe length is its own column)."""
+    if header.get("task") is None:
+        return None
+    cls = _task_class(header)
+    return cls.report_name(header) if cls is not None else str(header["task"])
 
 
 def _cell_from(header: dict[str, Any], n_done: int) -> Cell:
@@ -196,7 +213,7 @@ def collect(results_dir: Path) -> dict[tuple[str, str, str, str], Cell]:
     for rec in iter_records(results_dir):
         try:
             h = rec.header() or {}
-            key = (h.get("backbone"), method_label(h), h.get("protocol") or "", h.get("task"))
+            key = (h.get("backbone"), method_label(h), h.get("protocol") or "", report_task(h))
             if None in key:
                 continue
             samples = rec.samples()  # a damaged samples file must show here, not crash a table later
@@ -435,6 +452,46 @@ def _protocols_of(cells: dict[tuple[str, str, str, str], Cell]) -> dict[str, set
     return out
 
 
+def paired_section(cells: dict[tuple[str, str, str, str], Cell], task: str,
+                   protocols_of: dict[str, set[str]]) -> list[str]:
+    """Every complete row of ``task`` minus the row its task class names as ``paired_reference``, on the
+    questions both answered, overall and per category, with 95 % episode-bootstrap intervals (what
+    ``python -m harness.compare`` prints). Empty when the task names no reference or it has no complete run."""
+    from harness.compare import paired_comparison  # harness.compare reads labels from this module
+
+    lines: list[str] = []
+    for backbone in sorted({k[0] for k in cells if k[3] == task}):
+        runs = {(m, p): c for (b, m, p, t), c in cells.items()
+                if b == backbone and t == task and c.status == "complete" and c.record is not None}
+        if not runs:
+            continue
+        reference = getattr(_task_class(next(iter(runs.values())).header), "paired_reference", None)
+        ref = next((c for (m, _), c in sorted(runs.items()) if m == reference), None)
+        if ref is None:
+            continue
+        rows, cats, metric = [], [], None
+        for (m, p), c in sorted(runs.items()):
+            if c is ref:
+                continue
+            r = paired_comparison(c.record.path, ref.record.path, metric=ref.header.get("primary_metric"))
+            metric, cats = r["metric"], sorted(set(cats) | set(r["by_category"]))
+            diff = {"overall": {"diff": r["diff"]["mean"], "ci95": r["diff"]["ci95"], "n": r["n"]}, **r["by_category"]}
+            rows.append((_row_label(m, p, protocols_of) + (" †" if c.subset else ""), diff))
+
+        def text(d: dict[str, Any] | None) -> str:
+            if not d:
+                return "–"
+            lo, hi = d["ci95"]
+            return f"{100 * d['diff']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}] ({d['n']})"
+
+        lines += [f"## {backbone} — paired against {reference}: {metric} difference ×100 [95% interval] (n)", "",
+                  "Each row minus the reference row on the questions both answered; the interval resamples whole "
+                  "episodes (`python -m harness.compare ROW REFERENCE` prints the same).", "",
+                  _md_table(["method", "overall", *cats], [[label, *(text(d.get(k)) for k in ["overall", *cats])]
+                                                          for label, d in rows]), ""]
+    return lines
+
+
 def write_breakdowns(cells: dict[tuple[str, str, str, str], Cell], tasks: list[str], out: Path) -> None:
     protocols_of = _protocols_of(cells)
     for task in tasks:
@@ -477,6 +534,7 @@ def write_breakdowns(cells: dict[tuple[str, str, str, str], Cell], tasks: list[s
                 else:
                     rows = [[labels[m], *(cell(values[m][cat]) for cat in [*cats, "overall"])] for m, _ in runs]
                     md += [_md_table(["method", *cats, "overall"], rows), ""]
+        md += paired_section(cells, task, protocols_of)
         md += metric_notes([c for k, c in cells.items() if k[3] == task])
         md += [*stand_in_notes([(k, c) for k, c in cells.items() if k[3] == task and c.status == "complete"]),
                *data_notes([(k, c) for k, c in cells.items() if k[3] == task]), ""]
@@ -663,7 +721,10 @@ def write_main(cells: dict[tuple[str, str, str, str], Cell], out: Path, suite: d
 
 def build_report(results_dir: Path, out: Path, suite: str = "paper") -> dict[str, Any]:
     cells = collect(results_dir)
-    tasks = sorted(set(config_choices("task")) | {k[3] for k in cells})
+    # a task config whose records all fill columns of their own (one per recipe length) has no column itself
+    split_up = {c.header.get("task") for k, c in cells.items() if c.header.get("task") not in (None, k[3])}
+    split_up -= {k[3] for k in cells}
+    tasks = sorted((set(config_choices("task")) - split_up) | {k[3] for k in cells}, key=natural_order)
     out.mkdir(parents=True, exist_ok=True)
     # only tasks without any record are probed: loading a task's data is the only way to know it is there
     missing = {t: why for t in tasks if not any(k[3] == t for k in cells) and (why := task_data_problem(t))}

@@ -93,6 +93,16 @@ class Task(ABC):
     #: rule here, so that no table shows a number without saying which rule made it.
     table_metrics: tuple[tuple[str, str], ...] = ()
 
+    #: The method every other row of the task's breakdown report is paired against (per category, with
+    #: intervals); None: no such section. For a memory benchmark, the question-only backbone is the floor.
+    paired_reference: str | None = None
+
+    @classmethod
+    def report_name(cls, header: dict[str, Any]) -> str:
+        """The task column a record fills in reports: its task name, unless one task config yields results that
+        must never share a cell (the MAB recipe's context lengths); then the name says which."""
+        return str(header.get("task"))
+
     def __init__(self, *, generation: dict | GenerationSettings | None = None, limit: int | None = None,
                  episode_ids: Sequence[str] | None = None, seed_offset: int = 0, name: str | None = None,
                  **options: Any):

@@ -85,6 +85,12 @@ def recipe_settings(source: str) -> SourceSettings | None:
     return SourceSettings(source, base.family, display, None, base.generation_max_length, None)
 
 
+def recipe_length(source: str) -> int | None:
+    """The context length in a recipe source's name, None for any other source."""
+    m = _RECIPE_SOURCE.match(str(source))
+    return int(m["length"]) if m and m["base"] in RECIPE_BASES else None
+
+
 def settings_for(source: str) -> SourceSettings:
     """Known settings, or for an unknown source the family by name and the reference's defaults."""
     if source in KNOWN:

@@ -46,7 +46,8 @@ from tasks.memoryagentbench.scoring import lenient_correct, lenient_f1, load_cat
 
 # the revision others cite (../shared/data/README.md); a fresh online clone reads it when nothing is local
 HUB_FALLBACK = "hf://ai-hyz/MemoryAgentBench@7ea066982b140a19337e17e60d45d4076e042faf"
-from tasks.memoryagentbench.sources import CATEGORY, SPLITS, official_metric, reference_metric, settings_for
+from tasks.memoryagentbench.sources import (CATEGORY, SPLITS, official_metric, recipe_length, reference_metric,
+                                            settings_for)
 from tasks.qa_metrics import fill_template, first_line
 
 PROMPT_STYLES = ("unified", "official")
@@ -182,6 +183,19 @@ def validate_rows(rows: list[dict[str, Any]], path: Any) -> list[dict[str, Any]]
 class MemoryAgentBenchTask(Task):
     name = "memoryagentbench"
     primary_metric = "score"
+    paired_reference = "vanilla_nocontext"
+
+    @classmethod
+    def report_name(cls, header: dict[str, Any]) -> str:
+        # Recipe rows of one length are one column (e.g. memoryagentbench_recipe_8k): 8K and 32K runs of a method
+        # ask the same questions with four times the history, so they are two results, never alternatives.
+        name = str(header.get("task"))
+        task_cfg = (header.get("config") or {}).get("task") or {}
+        lengths = {recipe_length(s) for s in task_cfg.get("sources") or []}
+        if not task_cfg.get("recipe") or len(lengths) != 1 or None in lengths:
+            return name
+        length = lengths.pop()
+        return f"{name}_{length // 1024}k" if length % 1024 == 0 else f"{name}_{length}"
 
     def __init__(self, *, data_dir: str | None = None, splits: Sequence[str] = SPLITS,
                  sources: Sequence[str] | None = None, rows: str = "all", prompt_style: str = "unified",

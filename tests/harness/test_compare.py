@@ -26,7 +26,11 @@ def test_paired_difference_on_shared_samples(tmp_path):
     assert r["a"]["mean"] == pytest.approx(0.5) and r["b"]["mean"] == pytest.approx(0.4166667)
     assert r["diff"]["mean"] == pytest.approx((0.5 + 0.0 - 0.25) / 3)
     assert (r["diff"]["a_better"], r["diff"]["b_better"], r["diff"]["ties"]) == (1, 1, 1)
-    assert r["by_category"]["x"] == {"n": 2, "a": 0.5, "b": 0.375, "diff": pytest.approx(0.125)}
+    x = r["by_category"]["x"]  # q1 (e1, +0.5) and q3 (e2, -0.25)
+    assert (x["n"], x["episodes"], x["a"], x["b"]) == (2, 2, 0.5, 0.375) and x["diff"] == pytest.approx(0.125)
+    # its own interval resamples its two episodes: e1 alone (+0.5), e2 alone (-0.25) or both (+0.125)
+    assert x["ci95"] == [pytest.approx(-0.25), pytest.approx(0.5)]
+    assert r["by_category"]["y"]["ci95"] == [0.0, 0.0]  # one tied question
     lo, hi = r["diff"]["ci95"]
     # two episodes: the bootstrap means are those of e1 only (+0.25), e2 only (-0.25) or both (+0.0833)
     assert lo == pytest.approx(-0.25) and hi == pytest.approx(0.25)

@@ -250,5 +250,58 @@ def test_recipe_scores_never_reach_the_mab_column(built, tmp_path, monkeypatch):
     assert "not MemoryAgentBench" in (out / "main.md").read_text()
     ablations = (out / "ablations.md").read_text()
     assert "`memoryagentbench_recipe`: **not MemoryAgentBench.**" in ablations and "75.00" in ablations
-    assert "not MemoryAgentBench" in (out / "memoryagentbench_recipe.md").read_text()
+    assert "not MemoryAgentBench" in (out / "memoryagentbench_recipe.md").read_text()  # no length in its sources
     assert "not MemoryAgentBench" in (out / "costs.md").read_text()
+
+
+def _length_record(res: Path, method: str, length: int, values: list[float]) -> None:
+    """A complete recipe record of one context length whose config names its task class, as the runner writes."""
+    from harness.metrics import aggregate_scores
+    from harness.report_main import default_protocol
+
+    source = f"recipe_icl_banking77_{length}"
+    samples = [SampleRecord(f"Test_Time_Learning/{source}/{i // 2}/q{i:03d}", f"Test_Time_Learning/{source}/{i // 2}",
+                            "test_time_learning", None, "x", "7", None, {"score": v}, prompt_tokens=10, new_tokens=2,
+                            context_tokens=5, latency_s=0.1) for i, v in enumerate(values)]
+    rec = RunRecord(res / "memoryagentbench_recipe" / method / "tiny" / f"seed-42-{length}")
+    rec.write_header({"status": "complete", "task": "memoryagentbench_recipe", "method": method, "backbone": "tiny",
+                      "protocol": default_protocol(method), "primary_metric": "score", "n_samples_expected": len(values),
+                      "config": {"task": {"_target_": "tasks.memoryagentbench.task.MemoryAgentBenchTask",
+                                          "recipe": True, "sources": [source]}},
+                      "data": {"recipe": {"seed": 0}, "note": "recipe data"},
+                      "metrics": aggregate_scores(samples)})
+    rec.append(samples)
+
+
+def test_each_recipe_length_is_its_own_column_paired_with_the_question_only_floor(tmp_path):
+    res, out = tmp_path / "results", tmp_path / "reports"
+    _length_record(res, "vanilla_nocontext", 2048, [0.0, 0.0, 1.0, 0.0])
+    _length_record(res, "vanilla", 2048, [1.0, 1.0, 1.0, 0.0])
+    _length_record(res, "vanilla_nocontext", 4096, [0.0, 0.0, 0.0, 0.0])
+    _length_record(res, "vanilla", 4096, [0.0, 1.0, 0.0, 0.0])
+    summary = build_report(res, out)
+    assert {"memoryagentbench_recipe_2k", "memoryagentbench_recipe_4k"} <= set(summary["tasks"])
+    assert "memoryagentbench_recipe" not in summary["tasks"]  # no third, empty column for the split-up config
+    assert not (out / "memoryagentbench_recipe.md").exists()
+    rows = {(r["method"], r["task"]): r for r in csv.DictReader(open(out / "ablations.csv"))}
+    assert float(rows[("vanilla", "memoryagentbench_recipe_2k")]["value"]) == pytest.approx(0.75)
+    assert float(rows[("vanilla", "memoryagentbench_recipe_4k")]["value"]) == pytest.approx(0.25)
+    short = (out / "memoryagentbench_recipe_2k.md").read_text()
+    assert "not MemoryAgentBench" in short and "paired against vanilla_nocontext" in short
+    # vanilla − floor at 2K: +1, +1, 0, 0 over two episodes (e0: +1 mean, e1: 0), so the interval is [0, +1]
+    assert "| vanilla | +50.00 [+0.00, +100.00] (4) | +50.00 [+0.00, +100.00] (4) |" in short
+    assert "+25.00 [+0.00, +50.00] (4)" in (out / "memoryagentbench_recipe_4k.md").read_text()
+
+
+def test_report_name_reads_the_length_from_the_sources():
+    def header(sources, recipe=True):
+        return {"task": "memoryagentbench_recipe", "config": {"task": {"recipe": recipe, "sources": sources}}}
+
+    name = MemoryAgentBenchTask.report_name
+    assert name(header(["recipe_icl_banking77_8192", "recipe_mhqa_hotpotqa_8192"])) == "memoryagentbench_recipe_8k"
+    assert name(header(["recipe_icl_clinc150_32768"])) == "memoryagentbench_recipe_32k"
+    assert name(header(["recipe_icl_clinc150_5000"])) == "memoryagentbench_recipe_5000"
+    # several lengths, all lengths (sources unset) or not recipe data: the task's own name
+    assert name(header(["recipe_icl_banking77_8192", "recipe_icl_banking77_32768"])) == "memoryagentbench_recipe"
+    assert name(header(None)) == "memoryagentbench_recipe"
+    assert name(header(["recipe_icl_banking77_8192"], recipe=False)) == "memoryagentbench_recipe"
