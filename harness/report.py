@@ -452,6 +452,26 @@ def _protocols_of(cells: dict[tuple[str, str, str, str], Cell]) -> dict[str, set
     return out
 
 
+def subset_notes(cells) -> list[str]:
+    """What † means in a breakdown: which subsets its rows ran on (rows on different subsets are never mixed)."""
+    limits, chosen, partial = set(), set(), False
+    for c in cells:
+        if c.subset:
+            task_cfg = c.header.get("config", {}).get("task", {})
+            limits |= {task_cfg["limit"]} if task_cfg.get("limit") else set()
+            chosen |= {len(task_cfg["episode_ids"])} if task_cfg.get("episode_ids") else set()
+            partial |= bool(c.header.get("data", {}).get("subset"))
+    said = []
+    if limits:
+        said.append(f"`task.limit` = {', '.join(str(n) for n in sorted(limits))} questions, a seeded choice in "
+                    "proportion to each category (the same questions for every run with that limit)")
+    if chosen:
+        said.append(f"{', '.join(str(n) for n in sorted(chosen))} episodes chosen by id (`task.episode_ids`)")
+    if partial:
+        said.append("a partial copy of the task's data")
+    return [f"† = run on a subset: {'; '.join(said)}.", ""] if said else []
+
+
 def paired_section(cells: dict[tuple[str, str, str, str], Cell], task: str,
                    protocols_of: dict[str, set[str]]) -> list[str]:
     """Every complete row of ``task`` minus the row its task class names as ``paired_reference``, on the
@@ -534,6 +554,7 @@ def write_breakdowns(cells: dict[tuple[str, str, str, str], Cell], tasks: list[s
                 else:
                     rows = [[labels[m], *(cell(values[m][cat]) for cat in [*cats, "overall"])] for m, _ in runs]
                     md += [_md_table(["method", *cats, "overall"], rows), ""]
+        md += subset_notes(done.values())
         md += paired_section(cells, task, protocols_of)
         md += metric_notes([c for k, c in cells.items() if k[3] == task])
         md += [*stand_in_notes([(k, c) for k, c in cells.items() if k[3] == task and c.status == "complete"]),

@@ -251,3 +251,22 @@ def test_a_run_that_did_not_write_its_answers_is_its_own_row(tmp_path):
     rows = {l.split(" | ")[0].lstrip("| "): l for l in (out / "ablations.md").read_text().splitlines() if "| memory |" in l}
     assert set(rows) == {"deltamem_msw", "deltamem_msw (generated tokens not written)"}
     assert "25.00" in rows["deltamem_msw (generated tokens not written)"]
+
+
+def test_breakdown_says_which_subsets_its_dagger_rows_ran_on(tmp_path):
+    from harness.report import Cell, subset_notes
+
+    def cell(task_cfg, data=None):
+        return Cell("complete", 0.1, subset=True, header={"config": {"task": task_cfg}, "data": data or {}})
+
+    full = Cell("complete", 0.1, subset=False, header={"config": {"task": {"limit": 999}}})
+    notes = subset_notes([cell({"limit": 300}), cell({"limit": 100}), cell({"limit": 100}),
+                          cell({"episode_ids": ["a", "b"]}), cell({}, {"subset": True}), full])
+    assert notes[0] == ("† = run on a subset: `task.limit` = 100, 300 questions, a seeded choice in proportion to "
+                        "each category (the same questions for every run with that limit); 2 episodes chosen by id "
+                        "(`task.episode_ids`); a partial copy of the task's data.")
+    assert subset_notes([full]) == []
+    res, out = tmp_path / "results", tmp_path / "reports"
+    write(res, "vanilla", "locomo", "complete", 0.20, limit=20)
+    build_report(res, out)
+    assert "† = run on a subset: `task.limit` = 20 questions" in (out / "locomo.md").read_text()
