@@ -14,9 +14,13 @@
 # Outputs go to $RECALL_TRANSFER_ROOT (default runs/train/recall_transfer)/<variant>_<stage>, never to adapters/.
 # A stage whose training.json says "complete" is skipped and an interrupted one resumes from its checkpoint, so
 # rerunning the same command continues. Settings (environment): RECALL_STEPS (1600), RECALL_ROUNDS (3),
-# DISTILL_STEPS (600), THREADS (1), EVAL_EPISODES (48), WARM_START_DIR (the recall_only folder); arguments after
-# "--" are passed to every stage (e.g. backbone.device=cuda:0).
+# DISTILL_STEPS (600), THREADS (1), EVAL_EPISODES (48), WARM_START_DIR (the recall_only folder), HISTORY_TOKENS
+# (100,1000: the range of history lengths drawn, training and held-out alike); arguments after "--" are passed to
+# every stage (e.g. backbone.device=cuda:0).
 #   nohup bash scripts/recall_transfer_curriculum.sh msw tsw > logs/recall_transfer.log 2>&1 &
+# The short-history variant (the acceptance bar is at 100-250-token histories; a step costs about a third on CPU):
+#   RECALL_TRANSFER_ROOT=runs/train/recall_transfer_short HISTORY_TOKENS=100,300 RECALL_STEPS=800 \
+#     nohup bash scripts/recall_transfer_curriculum.sh msw > logs/recall_transfer_short.log 2>&1 &
 # Screen a stage (or a checkpoint's adapter/ folder) on the out-of-template dialogues before shipping anything:
 #   python -m benchmarks.recall_out_of_template run --conditions msw_own,msw_other --buckets 100,250 \
 #     --adapter msw=runs/train/recall_transfer/msw_recall_diverse    # then `report ... --report-dir DIR`
@@ -40,6 +44,10 @@ recall_rounds=${RECALL_ROUNDS:-3}
 distill_steps=${DISTILL_STEPS:-600}
 threads=${THREADS:-1}
 eval_episodes=${EVAL_EPISODES:-48}
+history_tokens=${HISTORY_TOKENS:-100,1000}
+[[ $history_tokens =~ ^[1-9][0-9]*,[1-9][0-9]*$ ]] || { echo "HISTORY_TOKENS must be MIN,MAX (tokens);" \
+  "got '$history_tokens'" >&2; exit 2; }
+extra=("train_data.sources.recall_diverse.history_tokens=[$history_tokens]" "${extra[@]}")
 warm_dir=${WARM_START_DIR:-experiments/adapters/smollm2_135m/recall_only}
 case $root in adapters|adapters/*|./adapters*) echo "refusing to write into adapters/ ($root)" >&2; exit 2 ;; esac
 for n in "$recall_steps" "$recall_rounds" "$distill_steps" "$threads" "$eval_episodes"; do
