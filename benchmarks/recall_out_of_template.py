@@ -345,8 +345,7 @@ def _markdown(blob: dict[str, Any], dialogues, results, json_path: str) -> str:
              f"table: the {blob['n_main']} dialogues with target ≤ {MAIN_MAX_TOKENS} tokens. Backbone SmolLM2-135M-"
              f"Instruct, {_adapters_line(blob.get('adapters', {}))}, greedy, 32 new tokens, one CPU thread. Metric: the "
              "answer names the asked value (normalised whole-word match, `tasks/recall_oot/scoring.py`). 95 % "
-             "bootstrap intervals over "
-             "dialogues; differences paired per dialogue.", "",
+             "bootstrap intervals over dialogues; differences paired per dialogue.", "",
              "| condition | key value, % [95 % CI] | distractor's value named, % | hits echoing transcript lines | "
              "answers naming a training-pool value |", "|---|---|---|---|---|"]
     for name, r in rows.items():
