@@ -43,7 +43,7 @@ class ConditionResult:
     answers: list[str] = field(default_factory=list)
 
 
-def _target_logp(model, ids: Sequence[int], labels: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def target_logp(model, ids: Sequence[int], labels: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of the next token at every labelled position, and the labels there."""
     x = torch.tensor([list(ids)], device=device)
     lab = torch.tensor(list(labels), device=device)
@@ -182,7 +182,7 @@ def evaluate(backbone, episodes: Sequence[Episode], *, adapters: dict[str, str |
                     dm.reset()
                     if kl:  # an empty state is inert: the bare backbone
                         with dm.writes(False):
-                            bare_logp, _ = _target_logp(model, ids, labels, device)
+                            bare_logp, _ = target_logp(model, ids, labels, device)
                     if online:  # no segment ids: the context protocol writes token by token, SSW included
                         ctx = dm.writes(True)
                     else:
@@ -193,7 +193,7 @@ def evaluate(backbone, episodes: Sequence[Episode], *, adapters: dict[str, str |
                                   use_cache=False, logits_to_keep=1)
                         ctx = dm.writes(False)
                 with ctx:
-                    logp, target = _target_logp(model, ids, labels, device)
+                    logp, target = target_logp(model, ids, labels, device)
                     res.ce.append(float(F.nll_loss(logp, target)))
                     if bare_logp is not None:
                         res.kl.append(_kl(bare_logp, logp))
