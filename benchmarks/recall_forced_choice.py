@@ -2,13 +2,13 @@
 greedy decoding does not name it?
 
     python -m benchmarks.recall_forced_choice --adapter msw=DIR [--adapter tsw=DIR ...] [--buckets 100,250]
-        [--per-bucket 24] [--candidates 8] [--no-context] [--json out.json]
+        [--per-bucket 24] [--candidates 8] [--reply "{value}"] [--no-context] [--json out.json]
 
 Each dialogue of ``tasks/recall_oot`` (the evaluation-only generator) gets ``--candidates`` replies to its
 question: the asked value and decoys drawn from the same fact family with the same surface shape (a 5-digit
 number against 5-digit numbers, "March 12th" against "<Month> <day>th"), none equal to any value the dialogue
-states. Each reply is the assistant's whole message, teacher forced; its score is the summed log-probability
-of its tokens. A dialogue is a hit when the asked value scores highest, so chance is 1 / candidates whatever
+states. Each reply is the assistant's whole message (``--reply``: the value alone, or the value in a frame such
+as "It's {value}."), teacher forced; its score is the summed log-probability of its tokens. A dialogue is a hit when the asked value scores highest, so chance is 1 / candidates whatever
 the backbone's prior over values.
 
 Conditions: ``nocontext`` (the bare backbone, question only: the prior), ``context`` (the bare backbone with
@@ -130,10 +130,10 @@ class ConditionScores:
 
 
 def score_conditions(backbone, dialogues: Sequence, candidates: Sequence[Sequence[str]], *,
-                     adapters: dict[str, str], context: bool = True, write_length: int = 4096,
+                     adapters: dict[str, str], context: bool = True, reply: str = "{value}", write_length: int = 4096,
                      read_length: int = 512, progress: bool = True) -> dict[str, ConditionScores]:
-    """Summed reply log-probabilities of every candidate under every condition (candidates[i][0]: the asked
-    value of dialogues[i])."""
+    """Summed log-probabilities of the reply ``reply.format(value=candidate)`` for every candidate under every
+    condition (candidates[i][0]: the asked value of dialogues[i])."""
     import torch
     from tqdm import tqdm
 
@@ -151,8 +151,8 @@ def score_conditions(backbone, dialogues: Sequence, candidates: Sequence[Sequenc
         return float(logp.gather(-1, target[:, None]).sum())
 
     def tokenized(i: int, history=None):
-        return [tokenize_episode(episode(dialogues[i], c, history=history), renderer, write_length=write_length,
-                                 read_length=read_length) for c in candidates[i]]
+        return [tokenize_episode(episode(dialogues[i], reply.format(value=c), history=history), renderer,
+                                 write_length=write_length, read_length=read_length) for c in candidates[i]]
 
     out: dict[str, ConditionScores] = {}
     model.eval()
@@ -165,7 +165,7 @@ def score_conditions(backbone, dialogues: Sequence, candidates: Sequence[Sequenc
                     continue
                 row = []
                 for c in candidates[i]:
-                    msgs = [*_messages(d), *episode(d, c).read]
+                    msgs = [*_messages(d), *episode(d, reply.format(value=c)).read]
                     ids, owner = renderer.encode(msgs)
                     labels = [t if o == len(msgs) - 1 else -100 for t, o in zip(ids, owner)]
                     row.append(reply_logp(ids, labels))
@@ -227,7 +227,8 @@ def summarise(results: dict[str, ConditionScores], dialogues: Sequence, k: int) 
 def markdown(blob: dict[str, Any]) -> str:
     k = blob["candidates"]
     lines = [f"Forced choice among {k} same-family, same-shape values (chance {100 / k:.1f} %), "
-             f"{blob['n_dialogues']} out-of-template dialogues; 95 % bootstrap intervals over dialogues.", "",
+             f"{blob['n_dialogues']} out-of-template dialogues, reply scored: {blob.get('reply', '{value}')!r}; "
+             "95 % bootstrap intervals over dialogues.", "",
              "| condition | asked value ranked first, % [95 % CI] | mean rank | mean margin over the best decoy, nats |", "|---|---|---|---|"]
     for name, row in blob["conditions"].items():
         lo, hi = row["hit_rate_ci95"]
@@ -248,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--per-bucket", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0, help="the generator's seed")
     ap.add_argument("--candidates", type=int, default=8)
+    ap.add_argument("--reply", default="{value}", help="the scored reply, a format string with {value}")
     ap.add_argument("--no-context", action="store_true", help="skip the dialogue-in-the-prompt condition")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
@@ -265,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         except FileNotFoundError as err:
             ap.error(f"--adapter {item!r}: {err}")
         adapters[name] = path
+    if "{value}" not in args.reply:
+        ap.error(f"--reply {args.reply!r}: needs a {{value}} field")
     if args.candidates < 2:
         ap.error("--candidates must be at least 2")
 
@@ -279,9 +283,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     candidates = [[d.asked.value, *decoys(d, args.candidates - 1)] for d in dialogues]
     backbone = load_backbone(OmegaConf.load(ROOT / "conf/backbone/smollm2_135m.yaml"))
     t0 = time.time()
-    results = score_conditions(backbone, dialogues, candidates, adapters=adapters, context=not args.no_context)
+    results = score_conditions(backbone, dialogues, candidates, adapters=adapters, context=not args.no_context,
+                               reply=args.reply)
     blob = summarise(results, dialogues, args.candidates)
-    blob.update(adapters=adapters, buckets=args.buckets, seed=args.seed, seconds=round(time.time() - t0, 1),
+    blob.update(adapters=adapters, reply=args.reply, buckets=args.buckets, seed=args.seed, seconds=round(time.time() - t0, 1),
                 candidates_per_dialogue={d.id: c for d, c in zip(dialogues, candidates)})
     text = markdown(blob)
     print(text)

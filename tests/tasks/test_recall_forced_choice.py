@@ -62,7 +62,7 @@ def test_one_write_then_every_read_equals_rewriting_per_candidate(tmp_path, tiny
     dialogues = generate_set(0, [100], 2)
     candidates = [[d.asked.value, *decoys(d, 2)] for d in dialogues]
     out = score_conditions(bb, dialogues, candidates, adapters={"m": str(tmp_path)}, context=True,
-                           progress=False)
+                           reply="It's {value}.", progress=False)
     assert set(out) == {"nocontext", "context", "m_own", "m_other"}
 
     renderer = ChatRenderer.for_backbone(bb)
@@ -71,7 +71,7 @@ def test_one_write_then_every_read_equals_rewriting_per_candidate(tmp_path, tiny
     try:
         for i, d in enumerate(dialogues):
             for c, fast in zip(candidates[i], out["m_own"].scores[i]):
-                tok = tokenize_episode(episode(d, c), renderer, write_length=4096, read_length=512)
+                tok = tokenize_episode(episode(d, f"It's {c}."), renderer, write_length=4096, read_length=512)
                 with torch.no_grad():
                     dm.reset()
                     with dm.writes(True):
