@@ -2,7 +2,8 @@
 greedy decoding does not name it?
 
     python -m benchmarks.recall_forced_choice --adapter msw=DIR [--adapter tsw=DIR ...] [--buckets 100,250]
-        [--per-bucket 24] [--candidates 8] [--reply "{value}"] [--no-context] [--json out.json]
+        [--per-bucket 24] [--candidates 8] [--reply "{value}"] [--no-context] [--backbone conf/backbone/X.yaml]
+        [--json out.json] [--markdown out.md]
 
 Each dialogue of ``tasks/recall_oot`` (the evaluation-only generator) gets ``--candidates`` replies to its
 question: the asked value and decoys drawn from the same fact family with the same surface shape (a 5-digit
@@ -251,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--candidates", type=int, default=8)
     ap.add_argument("--reply", default="{value}", help="the scored reply, a format string with {value}")
     ap.add_argument("--no-context", action="store_true", help="skip the dialogue-in-the-prompt condition")
+    ap.add_argument("--backbone", default=str(ROOT / "conf/backbone/smollm2_135m.yaml"),
+                    help="a backbone config (the adapters must have been trained on it)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", default=None)
@@ -281,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     dialogues = generate_set(args.seed, [int(b) for b in args.buckets.split(",")], args.per_bucket)
     candidates = [[d.asked.value, *decoys(d, args.candidates - 1)] for d in dialogues]
-    backbone = load_backbone(OmegaConf.load(ROOT / "conf/backbone/smollm2_135m.yaml"))
+    backbone = load_backbone(OmegaConf.load(args.backbone))
     t0 = time.time()
     results = score_conditions(backbone, dialogues, candidates, adapters=adapters, context=not args.no_context,
                                reply=args.reply)

@@ -21,9 +21,14 @@
 # The short-history variant (the acceptance bar is at 100-250-token histories; a step costs about a third on CPU):
 #   RECALL_TRANSFER_ROOT=runs/train/recall_transfer_short HISTORY_TOKENS=100,300 RECALL_STEPS=800 \
 #     nohup bash scripts/recall_transfer_curriculum.sh msw > logs/recall_transfer_short.log 2>&1 &
+# Another backbone (e.g. on a GPU): run scripts/recall_curriculum.sh <variant> backbone=... backbone.device=cuda:0
+# first, link its last one-fact round as $WARM_START_DIR/deltamem_<variant>, then this script with
+# `-- backbone=... backbone.device=cuda:0`.
 # Screen a stage (or a checkpoint's adapter/ folder) on the out-of-template dialogues before shipping anything:
 #   python -m benchmarks.recall_out_of_template run --conditions msw_own,msw_other --buckets 100,250 \
 #     --adapter msw=runs/train/recall_transfer/msw_recall_diverse    # then `report ... --report-dir DIR`
+# and by forced choice (is the value in the state at all; minutes, no decoding):
+#   python -m benchmarks.recall_forced_choice --adapter msw=runs/train/recall_transfer/msw_recall_diverse --no-context
 set -euo pipefail
 cd "$(dirname "$0")/.."
 variants=()
