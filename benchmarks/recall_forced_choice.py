@@ -138,7 +138,7 @@ def score_conditions(backbone, dialogues: Sequence, candidates: Sequence[Sequenc
     import torch
     from tqdm import tqdm
 
-    from harness.training.episodes import ChatRenderer, tokenize_episode
+    from harness.training.episodes import IGNORE, ChatRenderer, tokenize_episode
     from harness.training.heldout import target_logp
     from methods.deltamem import attach
     from methods.deltamem.adapter import read_config
@@ -168,7 +168,7 @@ def score_conditions(backbone, dialogues: Sequence, candidates: Sequence[Sequenc
                 for c in candidates[i]:
                     msgs = [*_messages(d), *episode(d, reply.format(value=c)).read]
                     ids, owner = renderer.encode(msgs)
-                    labels = [t if o == len(msgs) - 1 else -100 for t, o in zip(ids, owner)]
+                    labels = [t if o == len(msgs) - 1 else IGNORE for t, o in zip(ids, owner)]
                     row.append(reply_logp(ids, labels))
                 res.scores.append(row)
         for adapter_name, path in adapters.items():
