@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from tasks.recall_oot.templates import MONTH_NAMES
+
 ROOT = Path(__file__).resolve().parents[1]
 
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-           "November", "December")
-_MONTH = re.compile(r"\b(" + "|".join(_MONTHS) + r")\b")
+_MONTH = re.compile(r"\b(" + "|".join(MONTH_NAMES) + r")\b")
 _ORDINAL = re.compile(r"(?<=\d)(st|nd|rd|th)\b")
 SHAPED_KINDS = ("digits", "code", "date")  # kinds whose decoys must share the asked value's surface form
 
@@ -205,12 +205,12 @@ def summarise(results: dict[str, ConditionScores], dialogues: Sequence, k: int) 
     ids = [d.id for d in dialogues]
     blob: dict[str, Any] = {"n_dialogues": len(dialogues), "candidates": k, "chance": 1 / k, "conditions": {},
                             "paired": {}, "by_length": {}}
+    lengths = sorted({d.target_tokens for d in dialogues})
     for name, res in results.items():
         hits = res.hits
         blob["conditions"][name] = {"hit_rate": mean(hits), "hit_rate_ci95": list(bootstrap_ci(hits, ids)),
                                     "mean_rank": mean(res.ranks), "hits": hits,
                                     "margin": mean(res.margins)}
-        lengths = sorted({d.target_tokens for d in dialogues})
         blob["by_length"][name] = {str(n): mean([h for h, d in zip(hits, dialogues) if d.target_tokens == n])
                                    for n in lengths}
     pairs = [(f"{a}_own", f"{a}_other") for a in {n.rsplit("_", 1)[0] for n in results if n.endswith("_own")}]
